@@ -1,0 +1,21 @@
+"""snapfit: fastai-style training for PyTorch. SGDR with per-cycle snapshots, recorder plots,
+LR finder, exact resume."""
+from .callbacks import SGDR, ConstantLR, CycleSnapshot, ParamScheduler, ProgressCallback, Recorder, Schedule
+from .core import (
+    Callback, CancelBackwardException, CancelBatchException, CancelEpochException, CancelFitException,
+    CancelStepException, CancelTrainException, CancelValidException,
+)
+from .data import DataBunch, EpochShuffleSampler, load_digits_arrays
+from .learner import Learner, Position, default_device
+from .metrics import accuracy, accuracy_np, error_rate
+from .models import mlp, simple_cnn
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Learner", "Position", "DataBunch", "EpochShuffleSampler", "load_digits_arrays", "default_device",
+    "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "CancelTrainException",
+    "CancelValidException", "CancelBackwardException", "CancelStepException",
+    "SGDR", "ConstantLR", "Schedule", "ParamScheduler", "CycleSnapshot", "Recorder", "ProgressCallback",
+    "accuracy", "accuracy_np", "error_rate", "mlp", "simple_cnn",
+]

@@ -1,0 +1,98 @@
+"""Progress bars (tqdm.auto: a widget in Jupyter, text in a terminal) and the per-epoch table
+``epoch  trn_loss  val_loss  <metrics>`` that fastai 0.7 printed."""
+from __future__ import annotations
+
+import math
+import sys
+from typing import List, Optional
+
+from ..core import Callback
+
+__all__ = ["ProgressCallback", "make_bar", "format_row"]
+
+
+def make_bar(total: int, desc: str = "", leave: bool = False):
+    """A tqdm bar: the notebook widget when running in Jupyter with ipywidgets, text otherwise."""
+    from tqdm.auto import tqdm as auto_tqdm
+    from tqdm.std import tqdm as text_tqdm
+
+    try:
+        return auto_tqdm(total=total, desc=desc, leave=leave, dynamic_ncols=True)
+    except ImportError:  # Jupyter without ipywidgets: fall back to a text bar
+        return text_tqdm(total=total, desc=desc, leave=leave, file=sys.stdout, dynamic_ncols=True)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, (int, str)):
+        return str(v)
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "nan"
+    return f"{v:.6f}"
+
+
+def format_row(values: List, width: int = 10) -> str:
+    """One line of the epoch table: fixed-width columns, floats with 6 decimals."""
+    return " ".join(f"{_fmt(v):<{width}}" for v in values).rstrip()
+
+
+class ProgressCallback(Callback):
+    """Draws a bar per epoch (training and validation) showing the running loss, and prints one
+    table line per epoch. `bars=False` turns the bars off; `table=False` the table."""
+
+    order = 60
+
+    def __init__(self, bars: bool = True, table: bool = True):
+        self.bars, self.table = bars, table
+        self._bar = None
+
+    def before_fit(self, learn) -> None:
+        self._header_done = False
+        self._shown_synced = -1
+
+    def _active(self, learn) -> bool:
+        return self.bars and learn.is_main_process
+
+    def before_train(self, learn) -> None:
+        if self._active(learn):
+            self._bar = make_bar(learn.n_batches, desc=f"epoch {learn.epoch + 1}/{learn.n_epochs}")
+            if learn.batch_idx:
+                self._bar.update(learn.batch_idx)
+
+    def after_batch(self, learn) -> None:
+        if self._bar is None:
+            return
+        self._bar.update(1)
+        rec = learn.sched
+        if learn.training and rec is not None and rec._synced != self._shown_synced:
+            self._shown_synced = rec._synced
+            self._bar.set_postfix(loss=f"{rec.smooth_loss:.4f}", refresh=False)
+
+    def after_train(self, learn) -> None:
+        self._close()
+
+    def before_validate(self, learn) -> None:
+        dl = learn.data.valid_dl
+        if self._active(learn) and dl is not None:
+            self._bar = make_bar(len(dl), desc="validation")
+
+    def after_validate(self, learn) -> None:
+        self._close()
+
+    def after_epoch(self, learn) -> None:
+        self._close()
+        rec = learn.sched
+        if not (self.table and learn.is_main_process) or rec is None or not rec.trn_losses:
+            return
+        if not self._header_done:
+            print(format_row(["epoch", "trn_loss", "val_loss"] + rec.metric_names))
+            self._header_done = True
+        vals: List[Optional[float]] = [rec.trn_losses[-1], rec.val_losses[-1]] + list(rec.metrics[-1])
+        print(format_row([learn.epoch] + vals), flush=True)
+
+    def cleanup_fit(self, learn) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -1,0 +1,255 @@
+"""The recorder, published as ``learn.sched`` (fastai 0.7's name): per batch the LR of every
+param group and the training loss, per epoch the validation loss and metrics, and the plots.
+
+Losses stay on the device: each training loss is written into a preallocated device buffer
+(no host sync) and read back every `sync_every` batches and at the end of the epoch; validation
+sums are accumulated on the device and read back once per epoch."""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..core import Callback
+
+__all__ = ["Recorder", "smooth"]
+
+
+def smooth(values: Sequence[float], beta: float = 0.98) -> List[float]:
+    """Debiased exponential moving average: ``avg = beta*avg + (1-beta)*v; out = avg / (1 - beta**n)``.
+    NaN values (skipped batches) leave the average unchanged and are reported as the current average."""
+    out, avg, n = [], 0.0, 0
+    for v in values:
+        if not math.isnan(v):
+            n += 1
+            avg = beta * avg + (1 - beta) * v
+        out.append(avg / (1 - beta ** n) if n else float("nan"))
+    return out
+
+
+class Recorder(Callback):
+    """Records the fit; `learn.sched` is this object. Read values through its attributes:
+    `lrs` (last group, per iteration), `group_lrs` (all groups), `losses`, `smooth_losses`,
+    `val_losses`, `metrics` (per epoch), `epoch_iterations`, `cycle_ends`."""
+
+    order = 50
+
+    def __init__(self, sync_every: int = 25, beta: float = 0.98):
+        if not isinstance(sync_every, int) or sync_every < 1:
+            raise ValueError(f"sync_every must be a positive int (batches between reads of the loss), got {sync_every!r}")
+        self.sync_every, self.beta = sync_every, beta
+        self.reset()
+
+    # ----------------------------------------------------------------- state
+    def reset(self) -> None:
+        """Forget everything recorded (called at the start of each fit)."""
+        self.group_lrs: List[List[float]] = []
+        self.losses: List[float] = []
+        self.smooth_losses: List[float] = []
+        self.epoch_iterations: List[int] = []
+        self.trn_losses: List[float] = []
+        self.val_losses: List[float] = []
+        self.metrics: List[List[float]] = []
+        self.metric_names: List[str] = []
+        self.cycle_ends: List[int] = []
+        self.last_values: Optional[List[float]] = None
+        self._ema, self._ema_n = 0.0, 0
+        self._buf: Optional[torch.Tensor] = None
+        self._synced = 0
+        self._skipped: List[int] = []
+        self._val_sums: Optional[List[torch.Tensor]] = None
+        self._val_count = 0
+
+    @property
+    def lrs(self) -> List[float]:
+        """LR of the last param group at each iteration (what fastai 0.7's ``sched.lrs`` held)."""
+        return [g[-1] for g in self.group_lrs]
+
+    @property
+    def iterations(self) -> List[int]:
+        """Global iteration of each recorded training batch."""
+        return list(range(len(self.group_lrs)))
+
+    @property
+    def smooth_loss(self) -> float:
+        """The current debiased moving average of the training loss (NaN before any batch)."""
+        return self._ema / (1 - self.beta ** self._ema_n) if self._ema_n else float("nan")
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Plain-data copy of the history (for checkpoints); pending device values are read first."""
+        return {k: getattr(self, k) for k in (
+            "group_lrs", "losses", "smooth_losses", "epoch_iterations", "trn_losses", "val_losses",
+            "metrics", "metric_names", "cycle_ends")} | {"ema": self._ema, "ema_n": self._ema_n}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore a history saved by `state_dict`."""
+        for k, v in state.items():
+            if k == "ema":
+                self._ema = float(v)
+            elif k == "ema_n":
+                self._ema_n = int(v)
+            else:
+                setattr(self, k, [list(x) if isinstance(x, (list, tuple)) else x for x in v])
+
+    # ----------------------------------------------------------------- events
+    def before_fit(self, learn) -> None:
+        self.reset()
+        self.metric_names = [_metric_name(m) for m in learn.metrics]
+
+    def before_train(self, learn) -> None:
+        self._buf, self._synced, self._skipped = None, learn.batch_idx, []
+        self._epoch_start = len(self.losses)
+
+    def after_loss(self, learn) -> None:
+        if not learn.training:
+            return
+        loss = learn.loss.detach()
+        if self._buf is None or self._buf.device != loss.device:
+            self._buf = torch.full((learn.n_batches,), float("nan"), device=loss.device, dtype=torch.float32)
+        self._buf[learn.batch_idx] = loss
+
+    def after_batch(self, learn) -> None:
+        if learn.training:
+            self.group_lrs.append([g["lr"] for g in learn.opt.param_groups])
+            if learn.loss is None:
+                self._skipped.append(learn.batch_idx)
+            done = learn.batch_idx + 1
+            if done - self._synced >= self.sync_every:
+                self._sync(done)
+        elif learn.loss is not None:
+            n = _batch_size(learn)
+            vals = [learn.loss.detach().float()] + [_as_tensor(m(learn.pred, *learn.yb), learn.loss) for m in learn.metrics]
+            if self._val_sums is None:
+                self._val_sums = [v * n for v in vals]
+            else:
+                for s, v in zip(self._val_sums, vals):
+                    s.add_(v * n)
+            self._val_count += n
+
+    def after_train(self, learn) -> None:
+        self._sync(learn.batch_idx + 1 if learn.n_batches else 0)
+        ep = self.losses[self._epoch_start:]
+        finite = [v for v in ep if not math.isnan(v)]
+        self._epoch_mean = float(np.mean(finite)) if finite else float("nan")
+
+    def before_validate(self, learn) -> None:
+        self._val_sums, self._val_count = None, 0
+
+    def after_validate(self, learn) -> None:
+        if self._val_sums is None or not self._val_count:
+            self._val_values = None
+            return
+        self._val_values = (torch.stack([s.float() for s in self._val_sums]) / self._val_count).tolist()
+
+    def after_epoch(self, learn) -> None:
+        self.epoch_iterations.append(learn.iteration)
+        self.trn_losses.append(self.smooth_loss)
+        vals = getattr(self, "_val_values", None)
+        self._val_values = None
+        if vals is None:
+            vals = [float("nan")] * (1 + len(self.metric_names))
+        self.val_losses.append(vals[0])
+        self.metrics.append(list(vals[1:]))
+        self.last_values = list(vals)
+        sched = getattr(learn, "schedule", None)
+        if sched is not None and sched.is_cycle_end(learn.iteration):
+            self.cycle_ends.append(learn.iteration)
+
+    # ----------------------------------------------------------------- helpers
+    def _sync(self, upto: int) -> None:
+        """Read the buffered losses ``[synced, upto)`` back to the host (one transfer)."""
+        if self._buf is None or upto <= self._synced:
+            self._synced = max(self._synced, upto)
+            return
+        vals = self._buf[self._synced:upto].tolist()
+        skipped = set(self._skipped)
+        for i, v in enumerate(vals, start=self._synced):
+            if i in skipped:
+                v = float("nan")
+            self.losses.append(v)
+            if not math.isnan(v):
+                self._ema_n += 1
+                self._ema = self.beta * self._ema + (1 - self.beta) * v
+            self.smooth_losses.append(self.smooth_loss)
+        self._synced = upto
+
+    # ----------------------------------------------------------------- plots
+    def plot_lr(self, ax=None, show_cycles: bool = True):
+        """LR of every param group vs iteration, with cycle ends marked. Returns the Figure."""
+        fig, ax = _fig_ax(ax)
+        lrs = np.asarray(self.group_lrs, dtype=float)
+        if lrs.size:
+            for g in range(lrs.shape[1]):
+                ax.plot(np.arange(len(lrs)), lrs[:, g], label=f"group {g}" if lrs.shape[1] > 1 else "lr")
+        if show_cycles:
+            for i, it in enumerate(self.cycle_ends):
+                ax.axvline(it - 0.5, color="grey", ls=":", lw=1, label="cycle end" if i == 0 else None)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("learning rate")
+        if lrs.size and (lrs.shape[1] > 1 or self.cycle_ends):
+            ax.legend(loc="best")
+        return _done(fig)
+
+    def plot_loss(self, ax=None, n_skip: int = 0):
+        """Training loss (raw and smoothed) per iteration and validation loss per epoch. Returns the Figure."""
+        fig, ax = _fig_ax(ax)
+        its = np.arange(len(self.losses))
+        ax.plot(its[n_skip:], self.losses[n_skip:], alpha=0.35, label="train loss")
+        ax.plot(its[n_skip:], self.smooth_losses[n_skip:], label="train loss (smoothed)")
+        val = np.asarray(self.val_losses, dtype=float)
+        if val.size and not np.all(np.isnan(val)):
+            ax.plot(np.asarray(self.epoch_iterations) - 1, val, "o-", label="validation loss")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("loss")
+        ax.legend(loc="best")
+        return _done(fig)
+
+    def plot_metrics(self, ax=None):
+        """Validation metrics per epoch. Returns the Figure."""
+        fig, ax = _fig_ax(ax)
+        m = np.asarray(self.metrics, dtype=float)
+        epochs = np.arange(1, len(self.metrics) + 1)
+        for j, name in enumerate(self.metric_names):
+            ax.plot(epochs, m[:, j], "o-", label=name)
+        ax.set_xlabel("epoch")
+        if self.metric_names:
+            ax.legend(loc="best")
+        return _done(fig)
+
+
+def _metric_name(m) -> str:
+    return getattr(m, "__name__", None) or getattr(m, "name", None) or type(m).__name__
+
+
+def _batch_size(learn) -> int:
+    if learn.yb:
+        y = learn.yb[0]
+        return int(y.shape[0]) if hasattr(y, "shape") and len(y.shape) else 1
+    x = learn.xb[0] if learn.xb else None
+    return int(x.shape[0]) if hasattr(x, "shape") and len(x.shape) else 1
+
+
+def _as_tensor(v, like: torch.Tensor) -> torch.Tensor:
+    if torch.is_tensor(v):
+        return v.detach().float().reshape(())
+    return torch.tensor(float(v), device=like.device)
+
+
+def _fig_ax(ax):
+    import matplotlib.pyplot as plt
+
+    if ax is not None:
+        return ax.figure, ax
+    fig, ax = plt.subplots(figsize=(7, 4))
+    return fig, ax
+
+
+def _done(fig):
+    """Detach the figure from pyplot so Jupyter shows the returned Figure once (not twice)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -1,0 +1,440 @@
+"""The Learner: a model, its data, an optimizer, callbacks and the training position; `fit` and
+the loop of events. Everything else (schedules, snapshots, recording, bars) is a callback."""
+from __future__ import annotations
+
+import numbers
+import re
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .callbacks.progress import ProgressCallback
+from .callbacks.recorder import Recorder
+from .callbacks.schedule import SGDR, ConstantLR, ParamScheduler
+from .callbacks.snapshot import CycleSnapshot
+from .core import (
+    EVENTS, Callback, CancelBackwardException, CancelBatchException, CancelEpochException,
+    CancelException, CancelFitException, CancelStepException, CancelTrainException, CancelValidException,
+)
+from .io import atomic_save, check_name, check_state_dict, load_file, unwrap_model
+
+__all__ = ["Learner", "Position", "default_device"]
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class Position:
+    """Where a fit stands, the single source of truth for schedules and resumes. `iteration` and
+    `batch_idx` are the global / in-epoch index of the training batch in progress (between
+    batches: of the next one), so after an epoch ``batch_idx == n_batches``."""
+
+    epoch: int = 0
+    batch_idx: int = 0
+    iteration: int = 0
+    n_epochs: int = 0
+    n_batches: int = 0
+
+    def state_dict(self) -> Dict[str, int]:
+        """Plain-data copy."""
+        return asdict(self)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _check_positive_int(name: str, v, minimum: int = 1) -> int:
+    if not _is_int(v) or v < minimum:
+        what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{name} must be {what}, got {v!r}")
+    return int(v)
+
+
+def _per_group(name: str, value, n_groups: int) -> List[float]:
+    """A float (same for every group) or a sequence with one value per param group -> list of floats."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a float or one float per param group, got {value!r}")
+    if isinstance(value, numbers.Real):
+        vals = [float(value)] * n_groups
+    else:
+        try:
+            arr = np.asarray(value.detach().cpu() if torch.is_tensor(value) else value, dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a float or a sequence of floats, got {value!r}") from None
+        if arr.ndim == 0:
+            vals = [float(arr)] * n_groups
+        elif arr.ndim != 1 or len(arr) != n_groups:
+            raise ValueError(
+                f"{name} has {arr.size} values but the optimizer has {n_groups} param group(s) "
+                f"(one per layer group); pass a single float or exactly {n_groups} values")
+        else:
+            vals = [float(v) for v in arr]
+    bad = [v for v in vals if not np.isfinite(v) or v < 0]
+    if bad:
+        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+    return vals
+
+
+class Learner:
+    """Trains `model` on `data` (a DataBunch) with `loss_func` and `opt_func`, fastai 0.7 style.
+
+    ``learn.fit(lrs, n_cycle, cycle_len=..., cycle_mult=..., cycle_save_name=...)`` runs SGDR with
+    per-cycle snapshots; `learn.sched` records and plots what ran. `loss_func` defaults to the
+    data's (cross-entropy for integer targets, MSE for floats); `opt_func` to SGD with momentum 0.9."""
+
+    def __init__(self, model: nn.Module, data, loss_func: Optional[Callable] = None,
+                 opt_func: Optional[Callable] = None, metrics: Sequence[Callable] = (),
+                 path: Union[str, Path] = ".", model_dir: str = "models", callbacks: Iterable[Callback] = (),
+                 device: Union[str, torch.device, None] = None, wd: float = 0.0, progress: bool = True,
+                 layer_groups: Optional[Sequence[nn.Module]] = None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not hasattr(data, "train_dl"):
+            raise TypeError(f"data must be a DataBunch (with train_dl/valid_dl), got {type(data).__name__}; "
+                            "use DataBunch(train_dl, valid_dl) or DataBunch.from_arrays(...)")
+        self.device = torch.device(device) if device is not None else default_device()
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} but CUDA is not available; pass device='cpu' or leave it None")
+        self.model = model.to(self.device)
+        self.data = data
+        self.loss_func = loss_func if loss_func is not None else getattr(data, "loss_func", None)
+        if self.loss_func is None:
+            raise ValueError("loss_func is required for this data (e.g. loss_func=nn.CrossEntropyLoss())")
+        self.opt_func = opt_func if opt_func is not None else partial(torch.optim.SGD, momentum=0.9)
+        self.metrics = list(metrics)
+        for m in self.metrics:
+            if not callable(m):
+                raise TypeError(f"metrics must be callables f(preds, targets), got {m!r}")
+        self.path, self.model_dir = Path(path), model_dir
+        self.wd = float(wd)
+        self.layer_groups: List[nn.Module] = list(layer_groups) if layer_groups else [self.model]
+        self.opt: Optional[torch.optim.Optimizer] = None
+        self.schedule = None
+        self.position = Position()
+        self.training = False
+        self.dl = None
+        self.xb: Tuple = ()
+        self.yb: Tuple = ()
+        self.pred = self.loss = self.loss_grad = None
+        self._start_batch = 0
+        self.cbs: List[Callback] = []
+        self._handlers: Dict[str, list] = {}
+        self.add_cbs([Recorder(), ProgressCallback(bars=progress)])
+        self.add_cbs(callbacks)
+
+    # ------------------------------------------------------------------ position
+    epoch = property(lambda self: self.position.epoch, lambda self, v: setattr(self.position, "epoch", v),
+                     doc="Index of the current epoch in this fit.")
+    iteration = property(lambda self: self.position.iteration,
+                         lambda self, v: setattr(self.position, "iteration", v),
+                         doc="Global index (within the fit) of the training batch in progress, or of the next one.")
+    batch_idx = property(lambda self: self.position.batch_idx,
+                         lambda self, v: setattr(self.position, "batch_idx", v),
+                         doc="Index within the epoch of the training batch in progress, or of the next one.")
+    n_epochs = property(lambda self: self.position.n_epochs, doc="Epochs in the current fit.")
+    n_batches = property(lambda self: self.position.n_batches, doc="Training batches per epoch.")
+
+    @property
+    def is_main_process(self) -> bool:
+        """False on every rank but 0 of a torch.distributed job: only the main process writes files and prints."""
+        d = torch.distributed
+        return not (d.is_available() and d.is_initialized()) or d.get_rank() == 0
+
+    @property
+    def sched(self) -> Optional[Recorder]:
+        """The recorder (fastai 0.7 name): LR and loss history and their plots."""
+        return next((cb for cb in self.cbs if isinstance(cb, Recorder)), None)
+
+    recorder = sched
+
+    # ------------------------------------------------------------------ callbacks
+    def add_cbs(self, cbs: Iterable[Callback]) -> List[Callback]:
+        """Add callbacks (kept for every later fit); returns those added."""
+        added = []
+        for cb in cbs:
+            if isinstance(cb, type):
+                cb = cb()
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks must be Callback instances, got {cb!r}")
+            self.cbs.append(cb)
+            added.append(cb)
+        self._build_handlers()
+        return added
+
+    def remove_cbs(self, cbs: Iterable[Callback]) -> None:
+        """Remove callbacks previously added."""
+        ids = {id(c) for c in cbs}
+        self.cbs = [c for c in self.cbs if id(c) not in ids]
+        self._build_handlers()
+
+    def get_cb(self, kind: type) -> Optional[Callback]:
+        """The first installed callback of class `kind` (None if absent)."""
+        return next((cb for cb in self.cbs if isinstance(cb, kind)), None)
+
+    def _build_handlers(self) -> None:
+        ordered = sorted(self.cbs, key=lambda c: c.order)  # stable: ties keep insertion order
+        self._handlers = {e: [getattr(c, e) for c in ordered if callable(getattr(c, e, None))] for e in EVENTS}
+
+    def _fire(self, event: str) -> None:
+        for handler in self._handlers[event]:
+            handler(self)
+
+    def _with_events(self, name: str, body: Callable[[], None], cancel: type,
+                     final: Optional[Callable[[], None]] = None) -> None:
+        """``before_<name>``, `body`, ``after_<name>``. `cancel` ends this unit quietly; an outer
+        unit's cancel exception still runs ``after_<name>`` on its way out. Errors skip the after-event."""
+        try:
+            self._fire(f"before_{name}")
+            body()
+        except cancel:
+            pass
+        except CancelException:
+            self._fire(f"after_{name}")
+            if final:
+                final()
+            raise
+        self._fire(f"after_{name}")
+        if final:
+            final()
+
+    # ------------------------------------------------------------------ optimizer
+    def create_opt(self) -> torch.optim.Optimizer:
+        """(Re)build the optimizer with one param group per layer group."""
+        groups, seen = [], set()
+        for lg in self.layer_groups:
+            params = [p for p in lg.parameters() if id(p) not in seen]
+            seen.update(id(p) for p in params)
+            groups.append({"params": params, "lr": 1e-3})
+        self.opt = self.opt_func(groups)
+        return self.opt
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, lrs, n_cycle: int, wds=None, cycle_len: Optional[int] = None, cycle_mult: int = 1,
+            cycle_save_name: Optional[str] = None, warmup: bool = True,
+            callbacks: Optional[Iterable[Callback]] = None) -> Optional[List[float]]:
+        """Train with fastai 0.7 semantics. Without `cycle_len`: `n_cycle` epochs at constant `lrs`.
+        With it: SGDR, ``lr = lr_max/2 * (1 + cos(pi*t/nb))`` set every batch, cycle c lasting
+        ``cycle_len * cycle_mult**c`` epochs, weights saved as ``{cycle_save_name}_cyc_{c}`` at each
+        cycle end. Returns the last epoch's ``[val_loss, *metrics]``."""
+        n_cycle = _check_positive_int("n_cycle", n_cycle)
+        if cycle_len is not None:
+            cycle_len = _check_positive_int("cycle_len", cycle_len)
+        if not _is_int(cycle_mult) or cycle_mult < 1:
+            raise ValueError(f"cycle_mult must be an int >= 1 (each cycle is cycle_mult times longer), got {cycle_mult!r}")
+        if cycle_len is None and cycle_mult != 1:
+            raise ValueError(f"cycle_mult={cycle_mult} needs cycle_len: without cycle_len, fit runs n_cycle epochs at constant LR")
+        if cycle_save_name is not None:
+            check_name(cycle_save_name, "cycle_save_name")
+            if cycle_len is None:
+                raise ValueError("cycle_save_name needs cycle_len: snapshots are taken at the end of each SGDR cycle")
+        n_batches = self._n_train_batches()
+        opt = self.opt if self.opt is not None else self.create_opt()
+        n_groups = len(opt.param_groups)
+        base_lrs = _per_group("lrs", lrs, n_groups)
+        wd_vals = _per_group("wds", self.wd if wds is None else wds, n_groups)
+        if cycle_len is None:
+            schedule = ConstantLR(base_lrs, n_batches, n_cycle)
+        else:
+            schedule = SGDR(base_lrs, n_batches, n_cycle, cycle_len, int(cycle_mult), warmup)
+        cbs: List[Callback] = [ParamScheduler(schedule, wd_vals)]
+        if cycle_save_name is not None:
+            cbs.append(CycleSnapshot(cycle_save_name))
+        cbs.extend(callbacks or [])
+        return self._fit(schedule.n_epochs, n_batches, cbs)
+
+    def _n_train_batches(self) -> int:
+        dl = self.data.train_dl
+        sampler = getattr(dl, "sampler", None)
+        if hasattr(sampler, "set_epoch") and hasattr(sampler, "start"):
+            sampler.set_epoch(0, 0)
+        try:
+            n = len(dl)
+        except TypeError:
+            raise ValueError("the training loader must have a length (len(train_dl)): the schedule needs "
+                             "the number of batches per epoch") from None
+        if n == 0:
+            raise ValueError("the training loader is empty (len(data.train_dl) == 0): give it at least one "
+                             "batch (check the dataset size, bs and drop_last)")
+        return n
+
+    def _fit(self, n_epochs: int, n_batches: int, cbs: Sequence[Callback]) -> Optional[List[float]]:
+        self.position = Position(epoch=0, batch_idx=0, iteration=0, n_epochs=n_epochs, n_batches=n_batches)
+        added = self.add_cbs(cbs)
+        try:
+            self._with_events("fit", self._do_fit, CancelFitException)
+        finally:
+            self.training = False
+            try:
+                self._fire("cleanup_fit")
+            finally:
+                self.remove_cbs(added)
+        rec = self.sched
+        return rec.last_values if rec is not None else None
+
+    def _do_fit(self) -> None:
+        for epoch in range(self.epoch, self.n_epochs):
+            self.epoch = epoch
+            self.batch_idx = self._start_batch
+            self._start_batch = 0
+            self._with_events("epoch", self._do_epoch, CancelEpochException)
+
+    def _do_epoch(self) -> None:
+        self._do_train()
+        self._do_validate()
+
+    def _do_train(self) -> None:
+        self.dl = dl = self.data.train_dl
+        sampler = getattr(dl, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            if hasattr(sampler, "start"):
+                sampler.set_epoch(self.epoch, self.batch_idx * (dl.batch_size or 1))
+            else:
+                sampler.set_epoch(self.epoch)
+        self.model.train()
+        self.training = True
+        self._with_events("train", self._train_batches, CancelTrainException)
+
+    def _train_batches(self) -> None:
+        for batch in self.dl:
+            self._one_batch(batch, self._after_train_batch)
+
+    def _after_train_batch(self) -> None:
+        self.iteration += 1
+        self.batch_idx += 1
+
+    def _do_validate(self) -> None:
+        dl = self.data.valid_dl
+        if dl is None:
+            return
+        self.dl = dl
+        self.model.eval()
+        self.training = False
+        with torch.no_grad():
+            self._with_events("validate", self._valid_batches, CancelValidException)
+
+    def _valid_batches(self) -> None:
+        for batch in self.dl:
+            self._one_batch(batch)
+
+    def _one_batch(self, batch, final: Optional[Callable[[], None]] = None) -> None:
+        self.xb, self.yb = self._split(batch)
+        self.pred = self.loss = self.loss_grad = None
+        self._with_events("batch", self._do_batch, CancelBatchException, final)
+
+    def _split(self, batch) -> Tuple[Tuple, Tuple]:
+        dev = self.device
+        if isinstance(batch, (list, tuple)):
+            batch = [b.to(dev, non_blocking=True) if torch.is_tensor(b) else b for b in batch]
+            if len(batch) == 1:
+                return (batch[0],), ()
+            return tuple(batch[:-1]), (batch[-1],)
+        return ((batch.to(dev, non_blocking=True) if torch.is_tensor(batch) else batch),), ()
+
+    def _do_batch(self) -> None:
+        self.pred = self.model(*self.xb)
+        self._fire("after_pred")
+        self.loss = self.loss_grad = self.loss_func(self.pred, *self.yb)
+        if not self.training:
+            self._fire("after_loss")
+            return
+        try:
+            self._fire("after_loss")
+            self.loss_grad.backward()
+        except CancelBackwardException:
+            pass
+        try:
+            self._fire("after_backward")
+            self.opt.step()
+        except CancelStepException:
+            pass
+        self._fire("after_step")
+        self.opt.zero_grad(set_to_none=True)
+
+    # ------------------------------------------------------------------ predictions
+    def _loader(self, is_test: bool):
+        dl = self.data.test_dl if is_test else self.data.valid_dl
+        if dl is None:
+            raise ValueError(f"this DataBunch has no {'test' if is_test else 'validation'} loader; "
+                             f"pass dl= or build the data with one")
+        return dl
+
+    def predict_dl(self, dl) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """Model outputs (and targets, when the loader yields them) over `dl`, as NumPy arrays."""
+        was_training = self.model.training
+        self.model.eval()
+        preds, targs = [], []
+        try:
+            with torch.no_grad():
+                for batch in dl:
+                    xb, yb = self._split(batch)
+                    preds.append(self.model(*xb).detach())
+                    if yb:
+                        targs.append(yb[0].detach())
+        finally:
+            self.model.train(was_training)
+        p = torch.cat(preds).float().cpu().numpy() if preds else np.zeros((0,))
+        t = torch.cat(targs).cpu().numpy() if targs else None
+        return p, t
+
+    def predict(self, is_test: bool = False) -> np.ndarray:
+        """Outputs on the validation set (or the test set): log-probabilities for snapfit's classifiers."""
+        return self.predict_dl(self._loader(is_test))[0]
+
+    def predict_with_targs(self, is_test: bool = False) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """``(outputs, targets)`` on the validation set (or the test set)."""
+        return self.predict_dl(self._loader(is_test))
+
+    # ------------------------------------------------------------------ files
+    @property
+    def models_path(self) -> Path:
+        """The folder weights are saved to: ``{path}/{model_dir}``."""
+        return self.path / self.model_dir
+
+    def model_file(self, name: str) -> Path:
+        """Path of the weights file called `name`."""
+        return self.models_path / f"{check_name(name)}.pt"
+
+    def save(self, name: str) -> Path:
+        """Save the model's state dict to ``{path}/{model_dir}/{name}.pt`` atomically (main process only)."""
+        path = self.model_file(name)
+        if self.is_main_process:
+            atomic_save(unwrap_model(self.model).state_dict(), path)
+        return path
+
+    def load(self, name: str) -> "Learner":
+        """Load weights saved by `save` (weights_only); a mismatch names the offending keys."""
+        path = self.model_file(name)
+        state = load_file(path, map_location=self.device)
+        check_state_dict(self.model, state, source=str(path))
+        unwrap_model(self.model).load_state_dict(state)
+        return self
+
+    def saved_cycles(self, name: str) -> List[int]:
+        """Cycle indices saved under `name` (files ``{name}_cyc_{i}.pt``), ascending."""
+        pat = re.compile(rf"^{re.escape(check_name(name))}_cyc_(\d+)\.pt$")
+        if not self.models_path.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in self.models_path.iterdir() if (m := pat.match(p.name)))
+
+    def load_cycle(self, name: str, cycle: int) -> "Learner":
+        """Load the snapshot saved at the end of cycle `cycle` of a fit with ``cycle_save_name=name``."""
+        if not _is_int(cycle) or cycle < 0:
+            raise ValueError(f"cycle must be an int >= 0, got {cycle!r}")
+        if not self.model_file(f"{name}_cyc_{cycle}").is_file():
+            saved = self.saved_cycles(name)
+            have = f"saved cycles of {name!r}: {saved}" if saved else f"no cycles of {name!r} are saved"
+            raise FileNotFoundError(f"cycle {cycle} of {name!r} was never saved in {self.models_path} ({have})")
+        return self.load(f"{name}_cyc_{cycle}")
+
+    def __repr__(self) -> str:
+        return (f"Learner(model={type(unwrap_model(self.model)).__name__}, device={self.device}, "
+                f"callbacks=[{', '.join(type(c).__name__ for c in self.cbs)}])")
