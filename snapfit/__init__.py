@@ -2,8 +2,14 @@
 LR finder, exact resume."""
 from .callbacks import SGDR, ConstantLR, CycleSnapshot, ParamScheduler, ProgressCallback, Recorder, Schedule
 from .core import (
-    Callback, CancelBackwardException, CancelBatchException, CancelEpochException, CancelFitException,
-    CancelStepException, CancelTrainException, CancelValidException,
+    Callback,
+    CancelBackwardException,
+    CancelBatchException,
+    CancelEpochException,
+    CancelFitException,
+    CancelStepException,
+    CancelTrainException,
+    CancelValidException,
 )
 from .data import DataBunch, EpochShuffleSampler, load_digits_arrays
 from .learner import Learner, Position, default_device

@@ -168,7 +168,8 @@ def check_state_dict(model: nn.Module, state: Mapping[str, Any], source: Optiona
     if unexpected:
         parts.append(f"unexpected keys: {_fmt_keys(unexpected)}")
     if shapes:
-        parts.append("shape mismatches: " + "; ".join(shapes[:5]) + (f" (+{len(shapes) - 5} more)" if len(shapes) > 5 else ""))
+        more = f" (+{len(shapes) - 5} more)" if len(shapes) > 5 else ""
+        parts.append("shape mismatches: " + "; ".join(shapes[:5]) + more)
     where = f" in {source}" if source else ""
     raise ValueError(
         f"the state dict{where} does not match the model ({type(unwrap_model(model)).__name__}): "

@@ -7,7 +7,7 @@ import re
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -18,8 +18,16 @@ from .callbacks.recorder import Recorder
 from .callbacks.schedule import SGDR, ConstantLR, ParamScheduler
 from .callbacks.snapshot import CycleSnapshot
 from .core import (
-    EVENTS, Callback, CancelBackwardException, CancelBatchException, CancelEpochException,
-    CancelException, CancelFitException, CancelStepException, CancelTrainException, CancelValidException,
+    EVENTS,
+    Callback,
+    CancelBackwardException,
+    CancelBatchException,
+    CancelEpochException,
+    CancelException,
+    CancelFitException,
+    CancelStepException,
+    CancelTrainException,
+    CancelValidException,
 )
 from .io import atomic_save, check_name, check_state_dict, load_file, unwrap_model
 
@@ -229,9 +237,11 @@ class Learner:
         if cycle_len is not None:
             cycle_len = _check_positive_int("cycle_len", cycle_len)
         if not _is_int(cycle_mult) or cycle_mult < 1:
-            raise ValueError(f"cycle_mult must be an int >= 1 (each cycle is cycle_mult times longer), got {cycle_mult!r}")
+            raise ValueError(f"cycle_mult must be an int >= 1 (each cycle is cycle_mult times longer), "
+                             f"got {cycle_mult!r}")
         if cycle_len is None and cycle_mult != 1:
-            raise ValueError(f"cycle_mult={cycle_mult} needs cycle_len: without cycle_len, fit runs n_cycle epochs at constant LR")
+            raise ValueError(f"cycle_mult={cycle_mult} needs cycle_len: without cycle_len, "
+                             "fit runs n_cycle epochs at constant LR")
         if cycle_save_name is not None:
             check_name(cycle_save_name, "cycle_save_name")
             if cycle_len is None:

@@ -47,7 +47,7 @@ class ProgressCallback(Callback):
 
     def before_fit(self, learn) -> None:
         self._header_done = False
-        self._shown_synced = -1
+        self._shown = 0
 
     def _active(self, learn) -> bool:
         return self.bars and learn.is_main_process
@@ -57,14 +57,19 @@ class ProgressCallback(Callback):
             self._bar = make_bar(learn.n_batches, desc=f"epoch {learn.epoch + 1}/{learn.n_epochs}")
             if learn.batch_idx:
                 self._bar.update(learn.batch_idx)
+            self._show_loss(learn.sched)
 
     def after_batch(self, learn) -> None:
         if self._bar is None:
             return
         self._bar.update(1)
-        rec = learn.sched
-        if learn.training and rec is not None and rec._synced != self._shown_synced:
-            self._shown_synced = rec._synced
+        if learn.training:
+            self._show_loss(learn.sched)
+
+    def _show_loss(self, rec) -> None:
+        """Show the smoothed loss whenever the recorder has read new values back (no sync here)."""
+        if rec is not None and rec.losses and len(rec.losses) != self._shown:
+            self._shown = len(rec.losses)
             self._bar.set_postfix(loss=f"{rec.smooth_loss:.4f}", refresh=False)
 
     def after_train(self, learn) -> None:

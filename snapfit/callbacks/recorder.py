@@ -38,7 +38,8 @@ class Recorder(Callback):
 
     def __init__(self, sync_every: int = 25, beta: float = 0.98):
         if not isinstance(sync_every, int) or sync_every < 1:
-            raise ValueError(f"sync_every must be a positive int (batches between reads of the loss), got {sync_every!r}")
+            raise ValueError(f"sync_every must be a positive int (batches between reads of the loss), "
+                             f"got {sync_every!r}")
         self.sync_every, self.beta = sync_every, beta
         self.reset()
 
@@ -120,7 +121,8 @@ class Recorder(Callback):
                 self._sync(done)
         elif learn.loss is not None:
             n = _batch_size(learn)
-            vals = [learn.loss.detach().float()] + [_as_tensor(m(learn.pred, *learn.yb), learn.loss) for m in learn.metrics]
+            vals = [learn.loss.detach().float()]
+            vals += [_as_tensor(m(learn.pred, *learn.yb), learn.loss) for m in learn.metrics]
             if self._val_sums is None:
                 self._val_sums = [v * n for v in vals]
             else:

@@ -1,0 +1,142 @@
+"""Bad input gets a clear error that names the argument (and nothing is trained or written)."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from snapfit import DataBunch, Learner
+from tests.helpers import small_data, small_model
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(n_cycle=0), "n_cycle must be a positive int, got 0"),
+    (dict(n_cycle=-2), "n_cycle must be a positive int, got -2"),
+    (dict(n_cycle=1.5), "n_cycle must be a positive int, got 1.5"),
+    (dict(n_cycle=2, cycle_len=0), "cycle_len must be a positive int, got 0"),
+    (dict(n_cycle=2, cycle_len=-1), "cycle_len must be a positive int, got -1"),
+    (dict(n_cycle=2, cycle_len=0.5), "cycle_len must be a positive int, got 0.5"),
+    (dict(n_cycle=2, cycle_len=1, cycle_mult=0), "cycle_mult must be an int >= 1"),
+    (dict(n_cycle=2, cycle_len=1, cycle_mult=1.5), "cycle_mult must be an int >= 1"),
+    (dict(n_cycle=2, cycle_mult=2), "cycle_mult=2 needs cycle_len"),
+    (dict(n_cycle=2, cycle_len=1, cycle_save_name="a/b"), "cycle_save_name must be a plain file name"),
+    (dict(n_cycle=2, cycle_len=1, cycle_save_name="..\\x"), "cycle_save_name must be a plain file name"),
+    (dict(n_cycle=2, cycle_len=1, cycle_save_name=""), "cycle_save_name must be a non-empty str"),
+    (dict(n_cycle=2, cycle_save_name="snap"), "cycle_save_name needs cycle_len"),
+    (dict(n_cycle=1, wds=[0.1, 0.2]), "wds has 2 values but the optimizer has 1 param group"),
+])
+def test_fit_arguments(make_learner, tmp_path, kwargs, message):
+    learn = make_learner()
+    w = learn.model[0].weight.detach().clone()
+    with pytest.raises(ValueError, match=_re(message)):
+        learn.fit(0.1, **kwargs)
+    assert torch.equal(learn.model[0].weight, w), "nothing may be trained on bad input"
+    assert not (tmp_path / "models").exists(), "nothing may be written on bad input"
+
+
+def _re(s):
+    import re
+    return re.escape(s)
+
+
+@pytest.mark.parametrize("lrs,message", [
+    ([0.1, 0.2], "lrs has 2 values but the optimizer has 1 param group(s)"),
+    (np.array([0.1, 0.2, 0.3]), "lrs has 3 values but the optimizer has 1 param group(s)"),
+    (-0.1, "lrs must be finite and >= 0"),
+    (float("nan"), "lrs must be finite and >= 0"),
+    ("fast", "lrs must be a float or a sequence of floats"),
+])
+def test_lrs_per_group(make_learner, lrs, message):
+    with pytest.raises(ValueError, match=_re(message)):
+        make_learner().fit(lrs, 1)
+
+
+def test_lrs_length_with_two_layer_groups(tmp_path):
+    model = small_model()
+    learn = Learner(model, small_data(), layer_groups=[model[0], model[2]], progress=False, device="cpu", path=tmp_path)
+    with pytest.raises(ValueError, match=_re("lrs has 3 values but the optimizer has 2 param group(s)")):
+        learn.fit([0.1, 0.2, 0.3], 1)
+    learn.fit([0.01, 0.1], 1, cycle_len=1, warmup=False)
+    assert learn.sched.group_lrs[0] == [0.01, 0.1]
+
+
+def test_empty_train_loader(tmp_path):
+    empty = DataLoader(TensorDataset(torch.zeros(0, 6), torch.zeros(0, dtype=torch.long)), batch_size=4)
+    learn = Learner(small_model(), DataBunch(empty), loss_func=nn.CrossEntropyLoss(), progress=False, device="cpu")
+    with pytest.raises(ValueError, match=_re("the training loader is empty (len(data.train_dl) == 0)")):
+        learn.fit(0.1, 1)
+    with pytest.raises(ValueError, match="x_trn is empty"):
+        DataBunch.from_arrays(np.zeros((0, 3)), np.zeros(0, dtype=int))
+
+
+def test_load_cycle_never_saved_lists_the_saved_ones(make_learner):
+    learn = make_learner()
+    learn.fit(0.1, 2, cycle_len=1, cycle_save_name="snap")
+    want = _re("cycle 5 of 'snap' was never saved") + ".*" + _re("saved cycles of 'snap': [0, 1]")
+    with pytest.raises(FileNotFoundError, match=want):
+        learn.load_cycle("snap", 5)
+    with pytest.raises(FileNotFoundError, match=_re("no cycles of 'other' are saved")):
+        learn.load_cycle("other", 0)
+    with pytest.raises(ValueError, match="cycle must be an int >= 0, got -1"):
+        learn.load_cycle("snap", -1)
+
+
+def test_load_mismatched_state_dict_names_keys(make_learner, tmp_path):
+    learn = make_learner()
+    learn.save("small")
+    bigger = make_learner(model=nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 3), nn.Linear(3, 3)))
+    want = r"missing keys: '3\.weight', '3\.bias'.*shape mismatches: 0\.weight: file \(16, 6\) vs model \(32, 6\)"
+    with pytest.raises(ValueError, match=want):
+        bigger.load("small")
+    other = make_learner(model=nn.Sequential(nn.Linear(6, 3)))
+    with pytest.raises(ValueError, match=r"unexpected keys: '2\.weight', '2\.bias'"):
+        other.load("small")
+
+
+def test_load_missing_file(make_learner):
+    learn = make_learner()
+    learn.save("exists")
+    with pytest.raises(FileNotFoundError, match=r"no such file: .*nope\.pt; files in .*\['exists\.pt'\]"):
+        learn.load("nope")
+
+
+@pytest.mark.parametrize("kwargs,exc,message", [
+    (dict(model="resnet"), TypeError, "model must be a torch.nn.Module, got str"),
+    (dict(data=[1, 2]), TypeError, "data must be a DataBunch"),
+    (dict(metrics=[3]), TypeError, "metrics must be callables"),
+    (dict(callbacks=["x"]), TypeError, "callbacks must be Callback instances"),
+])
+def test_learner_arguments(kwargs, exc, message):
+    args = dict(model=small_model(), data=small_data(), progress=False, device="cpu")
+    args.update(kwargs)
+    with pytest.raises(exc, match=_re(message)):
+        Learner(**args)
+
+
+def test_learner_needs_loss_func_when_data_has_none():
+    dl = DataLoader(TensorDataset(torch.zeros(4, 6), torch.zeros(4, dtype=torch.long)), batch_size=2)
+    with pytest.raises(ValueError, match="loss_func is required"):
+        Learner(small_model(), DataBunch(dl), device="cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_cuda_device_without_cuda():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        Learner(small_model(), small_data(), device="cuda")
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(bs=0), "bs must be a positive int, got 0"),
+    (dict(y_trn=np.zeros(3, dtype=int)), "x_trn has 10 rows but y_trn has 3"),
+    (dict(x_val=np.zeros((2, 3))), "x_val and y_val go together"),
+])
+def test_from_arrays_arguments(kwargs, message):
+    args = dict(x_trn=np.zeros((10, 3), np.float32), y_trn=np.zeros(10, dtype=int))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=_re(message)):
+        DataBunch.from_arrays(**args)
+
+
+def test_save_name_with_separator(make_learner):
+    with pytest.raises(ValueError, match="name must be a plain file name"):
+        make_learner().save("../escape")
