@@ -1,6 +1,17 @@
 """snapfit: fastai-style training for PyTorch. SGDR with per-cycle snapshots, recorder plots,
 LR finder, exact resume."""
-from .callbacks import SGDR, ConstantLR, CycleSnapshot, ParamScheduler, ProgressCallback, Recorder, Schedule
+from .callbacks import (
+    SGDR,
+    Checkpoint,
+    ConstantLR,
+    CycleSnapshot,
+    NonFiniteLossError,
+    ParamScheduler,
+    ProgressCallback,
+    Recorder,
+    Schedule,
+    TerminateOnNaN,
+)
 from .core import (
     Callback,
     CancelBackwardException,
@@ -23,5 +34,6 @@ __all__ = [
     "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "CancelTrainException",
     "CancelValidException", "CancelBackwardException", "CancelStepException",
     "SGDR", "ConstantLR", "Schedule", "ParamScheduler", "CycleSnapshot", "Recorder", "ProgressCallback",
+    "Checkpoint", "TerminateOnNaN", "NonFiniteLossError",
     "accuracy", "accuracy_np", "error_rate", "mlp", "simple_cnn",
 ]

@@ -25,11 +25,13 @@ class CancelException(Exception):
 
 
 class CancelFitException(CancelException):
-    """Stop the fit; `after_fit` (and the after-events of the units cut short) still run."""
+    """Stop the fit; `after_fit` and the after-events of the epoch/train/validate units cut short still
+    run. A batch in progress is abandoned (no `after_batch`; it does not count as done)."""
 
 
 class CancelEpochException(CancelException):
-    """Skip the rest of this epoch (its remaining batches and validation); `after_epoch` runs."""
+    """Skip the rest of this epoch (its remaining batches and validation); `after_train`/`after_epoch`
+    run, a batch in progress is abandoned."""
 
 
 class CancelTrainException(CancelException):
@@ -41,7 +43,8 @@ class CancelValidException(CancelException):
 
 
 class CancelBatchException(CancelException):
-    """Skip the rest of this batch (no step if raised before it); `after_batch` still runs."""
+    """Skip the rest of this batch (no step if raised before it); `after_batch` still runs and the
+    batch counts as done (its data was consumed: the schedule moves on)."""
 
 
 class CancelBackwardException(CancelException):

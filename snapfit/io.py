@@ -74,6 +74,11 @@ def atomic_write_bytes(data: bytes, path: PathLike) -> Path:
             pass
         raise
     _fsync_dir(path.parent)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
+        try:
+            stale.unlink()
+        except OSError:
+            pass
     return path
 
 
@@ -114,10 +119,16 @@ def load_file(path: PathLike, map_location: Any = None) -> Any:
             raise pickle.UnpicklingError(
                 f"refused to load {path}: it holds pickled objects that are not plain tensors or "
                 f"containers (snapfit loads with weights_only=True; a checkpoint is data, never code). "
-                f"Details: {msg.splitlines()[0]}") from e
+                f"Details: {_unpickler_detail(msg)}") from e
         raise DamagedFileError(_damaged_message(path, e)) from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise DamagedFileError(_damaged_message(path, e)) from e
+
+
+def _unpickler_detail(msg: str) -> str:
+    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+    found = [ln for ln in lines if "Unsupported global" in ln or "WeightsUnpickler" in ln]
+    return (found or lines or [""])[0]
 
 
 def _damaged_message(path: Path, err: BaseException) -> str:

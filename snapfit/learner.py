@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import numbers
 import re
+import signal
+import sys
+import threading
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 
+from .callbacks.checkpoint import Checkpoint, merge_fit_args, read_checkpoint
+from .callbacks.nan import TerminateOnNaN
 from .callbacks.progress import ProgressCallback
 from .callbacks.recorder import Recorder
 from .callbacks.schedule import SGDR, ConstantLR, ParamScheduler
@@ -54,6 +59,35 @@ class Position:
     def state_dict(self) -> Dict[str, int]:
         """Plain-data copy."""
         return asdict(self)
+
+
+class _DeferredInterrupt:
+    """During a fit, the first Ctrl-C (SIGINT, Jupyter's stop button) asks the loop to stop at the next
+    batch boundary, where the state is consistent and can be checkpointed; a second one stops at once."""
+
+    def __init__(self, learn):
+        self.learn, self.old = learn, None
+
+    def __enter__(self):
+        self.learn._interrupt_pending = False
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not None:
+            try:
+                self.old = signal.signal(signal.SIGINT, self._handler)
+            except (ValueError, OSError):  # pragma: no cover - e.g. embedded interpreters
+                self.old = None
+        return self
+
+    def _handler(self, signum, frame):
+        if self.learn._interrupt_pending:
+            raise KeyboardInterrupt
+        self.learn._interrupt_pending = True
+        print("\nsnapfit: stopping after this batch (interrupt again to stop at once)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
+        self.learn._interrupt_pending = False
+        return False
 
 
 def _is_int(v) -> bool:
@@ -133,10 +167,13 @@ class Learner:
         self.xb: Tuple = ()
         self.yb: Tuple = ()
         self.pred = self.loss = self.loss_grad = None
-        self._start_batch = 0
+        self._interrupt_pending = False
+        self.interrupted: Optional[str] = None
+        self.sync_requested = False
+        self.fit_args: Dict[str, Any] = {}
         self.cbs: List[Callback] = []
         self._handlers: Dict[str, list] = {}
-        self.add_cbs([Recorder(), ProgressCallback(bars=progress)])
+        self.add_cbs([Recorder(), TerminateOnNaN(), ProgressCallback(bars=progress)])
         self.add_cbs(callbacks)
 
     # ------------------------------------------------------------------ position
@@ -197,18 +234,20 @@ class Learner:
             handler(self)
 
     def _with_events(self, name: str, body: Callable[[], None], cancel: type,
-                     final: Optional[Callable[[], None]] = None) -> None:
-        """``before_<name>``, `body`, ``after_<name>``. `cancel` ends this unit quietly; an outer
-        unit's cancel exception still runs ``after_<name>`` on its way out. Errors skip the after-event."""
+                     final: Optional[Callable[[], None]] = None, close_on_outer_cancel: bool = True) -> None:
+        """``before_<name>``, `body`, ``after_<name>``, then `final`. `cancel` ends this unit quietly; an
+        outer unit's cancel exception still closes it on its way out (unless `close_on_outer_cancel` is
+        False: a batch cut short by an epoch/fit cancel is abandoned). Errors skip the after-event."""
         try:
             self._fire(f"before_{name}")
             body()
         except cancel:
             pass
         except CancelException:
-            self._fire(f"after_{name}")
-            if final:
-                final()
+            if close_on_outer_cancel:
+                self._fire(f"after_{name}")
+                if final:
+                    final()
             raise
         self._fire(f"after_{name}")
         if final:
@@ -228,11 +267,58 @@ class Learner:
     # ------------------------------------------------------------------ fit
     def fit(self, lrs, n_cycle: int, wds=None, cycle_len: Optional[int] = None, cycle_mult: int = 1,
             cycle_save_name: Optional[str] = None, warmup: bool = True,
-            callbacks: Optional[Iterable[Callback]] = None) -> Optional[List[float]]:
+            callbacks: Optional[Iterable[Callback]] = None, checkpoint: Optional[str] = None,
+            checkpoint_every: Union[int, str] = "epoch", start_cycle: int = 0,
+            resume: Optional[str] = None) -> Optional[List[float]]:
         """Train with fastai 0.7 semantics. Without `cycle_len`: `n_cycle` epochs at constant `lrs`.
         With it: SGDR, ``lr = lr_max/2 * (1 + cos(pi*t/nb))`` set every batch, cycle c lasting
         ``cycle_len * cycle_mult**c`` epochs, weights saved as ``{cycle_save_name}_cyc_{c}`` at each
-        cycle end. Returns the last epoch's ``[val_loss, *metrics]``."""
+        cycle end. Returns the last epoch's ``[val_loss, *metrics]``.
+
+        `checkpoint='ckpt'` writes the full training state every `checkpoint_every` batches (or
+        ``'epoch'``/``'cycle'``) and at the end; `resume='ckpt'` continues that fit from the exact
+        batch it was taken at; `start_cycle=i` starts the SGDR schedule at the beginning of cycle i
+        (after ``load_cycle(name, i - 1)``)."""
+        args = self._check_fit_args(lrs, n_cycle, wds, cycle_len, cycle_mult, cycle_save_name, warmup,
+                                    checkpoint, checkpoint_every, start_cycle)
+        n_batches = self._n_train_batches()
+        opt = self.opt if self.opt is not None else self.create_opt()
+        n_groups = len(opt.param_groups)
+        args["lrs"] = _per_group("lrs", lrs, n_groups)
+        args["wds"] = _per_group("wds", self.wd if wds is None else wds, n_groups)
+        state = None
+        if resume is not None:
+            state = read_checkpoint(self.model_file(check_name(resume, "resume")))
+            args = merge_fit_args(args, state["fit_args"], resume)
+        if cycle_len is None:
+            schedule = ConstantLR(args["lrs"], n_batches, n_cycle)
+        else:
+            schedule = SGDR(args["lrs"], n_batches, n_cycle, cycle_len, int(cycle_mult), warmup)
+        start_iteration = schedule.cycle_ends()[start_cycle - 1] if start_cycle else 0
+        position = Position(epoch=start_iteration // n_batches, batch_idx=0, iteration=start_iteration,
+                            n_epochs=schedule.n_epochs, n_batches=n_batches)
+        cbs: List[Callback] = [ParamScheduler(schedule, args["wds"])]
+        if cycle_save_name is not None:
+            cbs.append(CycleSnapshot(cycle_save_name))
+        if args["checkpoint"] is not None:
+            cbs.append(Checkpoint(args["checkpoint"], args["checkpoint_every"], resume_state=state))
+        elif state is not None:
+            cbs.append(Checkpoint(None, None, resume_state=state))
+        cbs.extend(callbacks or [])
+        if state is not None:
+            self._restore_weights(state, resume)
+        self.fit_args = args
+        return self._fit(position, cbs)
+
+    def resume(self, name: str, callbacks: Optional[Iterable[Callback]] = None) -> Optional[List[float]]:
+        """Continue the fit saved in checkpoint `name` (written with ``fit(..., checkpoint=name)``)
+        from the batch it was taken at, with the arguments stored in it."""
+        state = read_checkpoint(self.model_file(check_name(name, "name")))
+        a = dict(state["fit_args"])
+        return self.fit(a.pop("lrs"), a.pop("n_cycle"), callbacks=callbacks, resume=name, **a)
+
+    def _check_fit_args(self, lrs, n_cycle, wds, cycle_len, cycle_mult, cycle_save_name, warmup,
+                        checkpoint, checkpoint_every, start_cycle) -> Dict[str, Any]:
         n_cycle = _check_positive_int("n_cycle", n_cycle)
         if cycle_len is not None:
             cycle_len = _check_positive_int("cycle_len", cycle_len)
@@ -246,20 +332,32 @@ class Learner:
             check_name(cycle_save_name, "cycle_save_name")
             if cycle_len is None:
                 raise ValueError("cycle_save_name needs cycle_len: snapshots are taken at the end of each SGDR cycle")
-        n_batches = self._n_train_batches()
-        opt = self.opt if self.opt is not None else self.create_opt()
-        n_groups = len(opt.param_groups)
-        base_lrs = _per_group("lrs", lrs, n_groups)
-        wd_vals = _per_group("wds", self.wd if wds is None else wds, n_groups)
-        if cycle_len is None:
-            schedule = ConstantLR(base_lrs, n_batches, n_cycle)
-        else:
-            schedule = SGDR(base_lrs, n_batches, n_cycle, cycle_len, int(cycle_mult), warmup)
-        cbs: List[Callback] = [ParamScheduler(schedule, wd_vals)]
-        if cycle_save_name is not None:
-            cbs.append(CycleSnapshot(cycle_save_name))
-        cbs.extend(callbacks or [])
-        return self._fit(schedule.n_epochs, n_batches, cbs)
+        if not isinstance(warmup, bool):
+            raise ValueError(f"warmup must be True or False, got {warmup!r}")
+        if not _is_int(start_cycle) or not 0 <= start_cycle < n_cycle:
+            raise ValueError(f"start_cycle must be an int in [0, n_cycle={n_cycle}), got {start_cycle!r}")
+        if start_cycle and cycle_len is None:
+            raise ValueError("start_cycle needs cycle_len: it names an SGDR cycle to start from")
+        if checkpoint is not None:
+            check_name(checkpoint, "checkpoint")
+            if checkpoint == cycle_save_name:
+                raise ValueError(f"checkpoint and cycle_save_name must differ, both are {checkpoint!r}")
+        Checkpoint.check_every(checkpoint_every)
+        return dict(n_cycle=n_cycle, cycle_len=cycle_len, cycle_mult=int(cycle_mult),
+                    cycle_save_name=cycle_save_name, warmup=warmup, start_cycle=int(start_cycle),
+                    checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+
+    def _restore_weights(self, state: Dict[str, Any], source: str) -> None:
+        """Load a checkpoint's model and optimizer state, with clear errors on a mismatch."""
+        where = f"checkpoint {source!r}"
+        check_state_dict(self.model, state["model"], source=where)
+        groups = [len(g["params"]) for g in self.opt.param_groups]
+        saved = [len(g["params"]) for g in state["opt"]["param_groups"]]
+        if groups != saved:
+            raise ValueError(f"the optimizer in {where} has param groups of sizes {saved} but this learner's has "
+                             f"{groups}; was it saved with other layer groups?")
+        unwrap_model(self.model).load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
 
     def _n_train_batches(self) -> int:
         dl = self.data.train_dl
@@ -276,50 +374,68 @@ class Learner:
                              "batch (check the dataset size, bs and drop_last)")
         return n
 
-    def _fit(self, n_epochs: int, n_batches: int, cbs: Sequence[Callback]) -> Optional[List[float]]:
-        self.position = Position(epoch=0, batch_idx=0, iteration=0, n_epochs=n_epochs, n_batches=n_batches)
+    def _fit(self, position: Position, cbs: Sequence[Callback]) -> Optional[List[float]]:
+        self.position = position
+        self.interrupted: Optional[str] = None
+        self.sync_requested = False
         added = self.add_cbs(cbs)
-        try:
-            self._with_events("fit", self._do_fit, CancelFitException)
-        finally:
-            self.training = False
+        with _DeferredInterrupt(self):
             try:
-                self._fire("cleanup_fit")
+                self._with_events("fit", self._do_fit, CancelFitException)
             finally:
-                self.remove_cbs(added)
+                self.training = False
+                try:
+                    self._fire("cleanup_fit")
+                finally:
+                    self.remove_cbs(added)
         rec = self.sched
         return rec.last_values if rec is not None else None
 
     def _do_fit(self) -> None:
+        start = self.batch_idx  # non-zero only when resuming mid-epoch
         for epoch in range(self.epoch, self.n_epochs):
-            self.epoch = epoch
-            self.batch_idx = self._start_batch
-            self._start_batch = 0
+            self.epoch, self.batch_idx, start = epoch, start, 0
             self._with_events("epoch", self._do_epoch, CancelEpochException)
+        self.epoch, self.batch_idx = self.n_epochs, 0  # done: the position points past the last epoch
 
     def _do_epoch(self) -> None:
         self._do_train()
         self._do_validate()
 
     def _do_train(self) -> None:
+        """Select the epoch's data order (a function of the epoch), create the batch iterator, then
+        fire ``before_train``: a resumed fit restores its RNG state there, after the iterator drew its seed."""
         self.dl = dl = self.data.train_dl
         sampler = getattr(dl, "sampler", None)
+        skip = self.batch_idx
         if hasattr(sampler, "set_epoch"):
-            if hasattr(sampler, "start"):
-                sampler.set_epoch(self.epoch, self.batch_idx * (dl.batch_size or 1))
+            if hasattr(sampler, "start") and dl.batch_size:
+                sampler.set_epoch(self.epoch, self.batch_idx * dl.batch_size)
+                skip = 0
             else:
                 sampler.set_epoch(self.epoch)
+        self._batches = iter(dl)
+        if skip:  # a sampler that cannot start mid-epoch: draw and drop the batches already done
+            for _ in range(skip):
+                next(self._batches, None)
         self.model.train()
         self.training = True
         self._with_events("train", self._train_batches, CancelTrainException)
 
     def _train_batches(self) -> None:
-        for batch in self.dl:
+        for batch in self._batches:
             self._one_batch(batch, self._after_train_batch)
 
     def _after_train_batch(self) -> None:
         self.iteration += 1
         self.batch_idx += 1
+        if self._interrupt_pending:
+            self._stop_at_boundary("train")
+
+    def _stop_at_boundary(self, where: str) -> None:
+        self.interrupted = where
+        raise KeyboardInterrupt(f"fit interrupted before epoch {self.epoch}, batch {self.batch_idx} "
+                                f"(iteration {self.iteration}); everything before it is done")
 
     def _do_validate(self) -> None:
         dl = self.data.valid_dl
@@ -334,11 +450,13 @@ class Learner:
     def _valid_batches(self) -> None:
         for batch in self.dl:
             self._one_batch(batch)
+            if self._interrupt_pending:
+                self._stop_at_boundary("validate")
 
     def _one_batch(self, batch, final: Optional[Callable[[], None]] = None) -> None:
         self.xb, self.yb = self._split(batch)
         self.pred = self.loss = self.loss_grad = None
-        self._with_events("batch", self._do_batch, CancelBatchException, final)
+        self._with_events("batch", self._do_batch, CancelBatchException, final, close_on_outer_cancel=False)
 
     def _split(self, batch) -> Tuple[Tuple, Tuple]:
         dev = self.device

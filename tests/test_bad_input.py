@@ -140,3 +140,58 @@ def test_from_arrays_arguments(kwargs, message):
 def test_save_name_with_separator(make_learner):
     with pytest.raises(ValueError, match="name must be a plain file name"):
         make_learner().save("../escape")
+
+
+# A table of bad inputs across the public API: (what is called, exception, message it must carry).
+def _fit(**kw):
+    def call(learn):
+        args = dict(lrs=0.1, n_cycle=2, cycle_len=1)
+        args.update(kw)
+        return learn.fit(args.pop("lrs"), args.pop("n_cycle"), **args)
+    return call
+
+
+BAD_INPUTS = [
+    ("checkpoint_every=0", _fit(checkpoint="c", checkpoint_every=0), ValueError,
+     "checkpoint_every must be a positive int (batches), 'epoch' or 'cycle', got 0"),
+    ("checkpoint_every='hourly'", _fit(checkpoint="c", checkpoint_every="hourly"), ValueError,
+     "checkpoint_every must be a positive int (batches), 'epoch' or 'cycle', got 'hourly'"),
+    ("checkpoint with a path", _fit(checkpoint="runs/c"), ValueError, "checkpoint must be a plain file name"),
+    ("checkpoint == cycle_save_name", _fit(checkpoint="s", cycle_save_name="s"), ValueError,
+     "checkpoint and cycle_save_name must differ, both are 's'"),
+    ("start_cycle without cycle_len", _fit(cycle_len=None, start_cycle=1), ValueError,
+     "start_cycle needs cycle_len"),
+    ("start_cycle negative", _fit(start_cycle=-1), ValueError, "start_cycle must be an int in [0, n_cycle=2), got -1"),
+    ("warmup not a bool", _fit(warmup="yes"), ValueError, "warmup must be True or False, got 'yes'"),
+    ("wds negative", _fit(wds=-1e-4), ValueError, "wds must be finite and >= 0"),
+    ("resume with a path", _fit(resume="../ckpt"), ValueError, "resume must be a plain file name"),
+    ("resume of a missing file", _fit(resume="ckpt"), FileNotFoundError, "no such file:"),
+    ("resume() name empty", lambda learn: learn.resume(""), ValueError, "name must be a non-empty str"),
+    ("load_cycle name with a path", lambda learn: learn.load_cycle("a/b", 0), ValueError,
+     "name must be a plain file name"),
+    ("load_cycle cycle not an int", lambda learn: learn.load_cycle("snap", "1"), ValueError,
+     "cycle must be an int >= 0, got '1'"),
+    ("load name not a str", lambda learn: learn.load(3), ValueError, "name must be a non-empty str, got 3"),
+    ("predict on a missing test set", lambda learn: learn.predict(is_test=True), ValueError,
+     "this DataBunch has no test loader"),
+]
+
+
+@pytest.mark.parametrize("what,call,exc,message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_public_api_bad_inputs(make_learner, tmp_path, what, call, exc, message):
+    learn = make_learner()
+    w = learn.model[0].weight.detach().clone()
+    with pytest.raises(exc, match=_re(message)):
+        call(learn)
+    assert torch.equal(learn.model[0].weight, w)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: __import__("snapfit").Recorder(sync_every=0), "sync_every must be a positive int"),
+    (lambda: __import__("snapfit").load_digits_arrays(valid_pct=1.5), "valid_pct must be in (0, 1), got 1.5"),
+    (lambda: __import__("snapfit").Checkpoint("c", every=-3), "checkpoint_every must be a positive int"),
+    (lambda: __import__("snapfit").simple_cnn(0), "n_classes must be >= 1, got 0"),
+])
+def test_constructor_bad_inputs(call, message):
+    with pytest.raises(ValueError, match=_re(message)):
+        call()

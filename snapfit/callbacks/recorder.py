@@ -56,9 +56,11 @@ class Recorder(Callback):
         self.metric_names: List[str] = []
         self.cycle_ends: List[int] = []
         self.last_values: Optional[List[float]] = None
+        self.first_iteration = 0
+        self.nonfinite_at: Optional[int] = None
         self._ema, self._ema_n = 0.0, 0
         self._buf: Optional[torch.Tensor] = None
-        self._synced = 0
+        self._synced = self._done = 0
         self._skipped: List[int] = []
         self._val_sums: Optional[List[torch.Tensor]] = None
         self._val_count = 0
@@ -70,19 +72,25 @@ class Recorder(Callback):
 
     @property
     def iterations(self) -> List[int]:
-        """Global iteration of each recorded training batch."""
-        return list(range(len(self.group_lrs)))
+        """Global iteration of each recorded training batch (a fit started at a later cycle starts there)."""
+        return list(range(self.first_iteration, self.first_iteration + len(self.group_lrs)))
 
     @property
     def smooth_loss(self) -> float:
         """The current debiased moving average of the training loss (NaN before any batch)."""
         return self._ema / (1 - self.beta ** self._ema_n) if self._ema_n else float("nan")
 
+    def flush(self) -> None:
+        """Read back the training losses still waiting on the device (one transfer)."""
+        self._sync(self._done)
+
     def state_dict(self) -> Dict[str, Any]:
         """Plain-data copy of the history (for checkpoints); pending device values are read first."""
+        self.flush()
         return {k: getattr(self, k) for k in (
             "group_lrs", "losses", "smooth_losses", "epoch_iterations", "trn_losses", "val_losses",
-            "metrics", "metric_names", "cycle_ends")} | {"ema": self._ema, "ema_n": self._ema_n}
+            "metrics", "metric_names", "cycle_ends", "first_iteration", "nonfinite_at", "last_values")} | {
+            "ema": self._ema, "ema_n": self._ema_n}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore a history saved by `state_dict`."""
@@ -91,17 +99,20 @@ class Recorder(Callback):
                 self._ema = float(v)
             elif k == "ema_n":
                 self._ema_n = int(v)
-            else:
+            elif isinstance(v, (list, tuple)):
                 setattr(self, k, [list(x) if isinstance(x, (list, tuple)) else x for x in v])
+            else:
+                setattr(self, k, v)
 
     # ----------------------------------------------------------------- events
     def before_fit(self, learn) -> None:
         self.reset()
         self.metric_names = [_metric_name(m) for m in learn.metrics]
+        self.first_iteration = learn.iteration
 
     def before_train(self, learn) -> None:
-        self._buf, self._synced, self._skipped = None, learn.batch_idx, []
-        self._epoch_start = len(self.losses)
+        self._buf, self._synced, self._done, self._skipped = None, learn.batch_idx, learn.batch_idx, []
+        self._epoch_start = len(self.losses) - learn.batch_idx  # a resumed epoch has its first batches recorded
 
     def after_loss(self, learn) -> None:
         if not learn.training:
@@ -116,9 +127,10 @@ class Recorder(Callback):
             self.group_lrs.append([g["lr"] for g in learn.opt.param_groups])
             if learn.loss is None:
                 self._skipped.append(learn.batch_idx)
-            done = learn.batch_idx + 1
-            if done - self._synced >= self.sync_every:
+            done = self._done = learn.batch_idx + 1
+            if done - self._synced >= self.sync_every or learn.sync_requested:
                 self._sync(done)
+                learn.sync_requested = False
         elif learn.loss is not None:
             n = _batch_size(learn)
             vals = [learn.loss.detach().float()]
@@ -131,7 +143,7 @@ class Recorder(Callback):
             self._val_count += n
 
     def after_train(self, learn) -> None:
-        self._sync(learn.batch_idx + 1 if learn.n_batches else 0)
+        self._sync(learn.batch_idx)
         ep = self.losses[self._epoch_start:]
         finite = [v for v in ep if not math.isnan(v)]
         self._epoch_mean = float(np.mean(finite)) if finite else float("nan")
@@ -170,6 +182,8 @@ class Recorder(Callback):
         for i, v in enumerate(vals, start=self._synced):
             if i in skipped:
                 v = float("nan")
+            elif not math.isfinite(v) and self.nonfinite_at is None:
+                self.nonfinite_at = self.first_iteration + len(self.losses)
             self.losses.append(v)
             if not math.isnan(v):
                 self._ema_n += 1
@@ -184,7 +198,7 @@ class Recorder(Callback):
         lrs = np.asarray(self.group_lrs, dtype=float)
         if lrs.size:
             for g in range(lrs.shape[1]):
-                ax.plot(np.arange(len(lrs)), lrs[:, g], label=f"group {g}" if lrs.shape[1] > 1 else "lr")
+                ax.plot(self.iterations, lrs[:, g], label=f"group {g}" if lrs.shape[1] > 1 else "lr")
         if show_cycles:
             for i, it in enumerate(self.cycle_ends):
                 ax.axvline(it - 0.5, color="grey", ls=":", lw=1, label="cycle end" if i == 0 else None)
@@ -197,7 +211,7 @@ class Recorder(Callback):
     def plot_loss(self, ax=None, n_skip: int = 0):
         """Training loss (raw and smoothed) per iteration and validation loss per epoch. Returns the Figure."""
         fig, ax = _fig_ax(ax)
-        its = np.arange(len(self.losses))
+        its = np.asarray(self.iterations[: len(self.losses)])
         ax.plot(its[n_skip:], self.losses[n_skip:], alpha=0.35, label="train loss")
         ax.plot(its[n_skip:], self.smooth_losses[n_skip:], label="train loss (smoothed)")
         val = np.asarray(self.val_losses, dtype=float)
