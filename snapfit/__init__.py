@@ -12,6 +12,7 @@ from .callbacks import (
     Schedule,
     TerminateOnNaN,
 )
+from .callbacks.lr_finder import SuggestedLRs
 from .core import (
     Callback,
     CancelBackwardException,
@@ -22,10 +23,22 @@ from .core import (
     CancelTrainException,
     CancelValidException,
 )
-from .data import DataBunch, EpochShuffleSampler, load_digits_arrays
+from .data import (
+    DataBunch,
+    EpochShuffleSampler,
+    ImageClassifierData,
+    RandomDihedral,
+    load_digits_arrays,
+    tfms_from_model,
+    tfms_from_stats,
+    transforms_basic,
+    transforms_side_on,
+    transforms_top_down,
+)
 from .learner import Learner, Position, default_device
 from .metrics import accuracy, accuracy_np, error_rate
-from .models import mlp, simple_cnn
+from .models import AdaptiveConcatPool2d, ConvLearner, mlp, simple_cnn
+from .plots import confusion_matrix, plot_confusion_matrix
 
 __version__ = "0.1.0"
 
@@ -35,5 +48,8 @@ __all__ = [
     "CancelValidException", "CancelBackwardException", "CancelStepException",
     "SGDR", "ConstantLR", "Schedule", "ParamScheduler", "CycleSnapshot", "Recorder", "ProgressCallback",
     "Checkpoint", "TerminateOnNaN", "NonFiniteLossError",
-    "accuracy", "accuracy_np", "error_rate", "mlp", "simple_cnn",
+    "accuracy", "accuracy_np", "error_rate", "mlp", "simple_cnn", "SuggestedLRs",
+    "ImageClassifierData", "RandomDihedral", "tfms_from_model", "tfms_from_stats", "transforms_basic",
+    "transforms_side_on", "transforms_top_down", "ConvLearner", "AdaptiveConcatPool2d",
+    "confusion_matrix", "plot_confusion_matrix",
 ]

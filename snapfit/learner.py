@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .callbacks.checkpoint import Checkpoint, merge_fit_args, read_checkpoint
+from .callbacks.freeze import FreezeBatchNorm
 from .callbacks.nan import TerminateOnNaN
 from .callbacks.progress import ProgressCallback
 from .callbacks.recorder import Recorder
@@ -158,7 +159,9 @@ class Learner:
                 raise TypeError(f"metrics must be callables f(preds, targets), got {m!r}")
         self.path, self.model_dir = Path(path), model_dir
         self.wd = float(wd)
-        self.layer_groups: List[nn.Module] = list(layer_groups) if layer_groups else [self.model]
+        self.layer_groups: List[nn.Module] = self._check_layer_groups(layer_groups)
+        self.frozen_groups: List[int] = []
+        self.bn_frozen = False
         self.opt: Optional[torch.optim.Optimizer] = None
         self.schedule = None
         self.position = Position()
@@ -173,7 +176,7 @@ class Learner:
         self.fit_args: Dict[str, Any] = {}
         self.cbs: List[Callback] = []
         self._handlers: Dict[str, list] = {}
-        self.add_cbs([Recorder(), TerminateOnNaN(), ProgressCallback(bars=progress)])
+        self.add_cbs([Recorder(), TerminateOnNaN(), ProgressCallback(bars=progress), FreezeBatchNorm()])
         self.add_cbs(callbacks)
 
     # ------------------------------------------------------------------ position
@@ -252,6 +255,51 @@ class Learner:
         self._fire(f"after_{name}")
         if final:
             final()
+
+    # ------------------------------------------------------------------ layer groups
+    def _check_layer_groups(self, groups: Optional[Sequence[nn.Module]]) -> List[nn.Module]:
+        if not groups:
+            return [self.model]
+        groups = list(groups)
+        for i, g in enumerate(groups):
+            if not isinstance(g, nn.Module):
+                raise TypeError(f"layer_groups[{i}] must be an nn.Module, got {type(g).__name__}")
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        covered = {id(p) for g in groups for p in g.parameters()}
+        outside = [id(p) for g in groups for p in g.parameters() if id(p) not in names]
+        if outside:
+            raise ValueError("layer_groups hold parameters that are not in the model; pass sub-modules of the model")
+        missing = [n for i, n in names.items() if i not in covered]
+        if missing:
+            raise ValueError(f"layer_groups leave {len(missing)} model parameter(s) out, e.g. {missing[:3]}: "
+                             "every parameter must belong to a group (or it would never be trained)")
+        return groups
+
+    def freeze_to(self, n: int) -> None:
+        """Freeze the layer groups before group `n` (``requires_grad=False``: no gradient, no update,
+        BatchNorm statistics fixed) and unfreeze the others; negative `n` counts from the end."""
+        n_groups = len(self.layer_groups)
+        if not _is_int(n) or not -n_groups <= n <= n_groups:
+            raise ValueError(f"freeze_to takes a group index in [-{n_groups}, {n_groups}] "
+                             f"(this learner has {n_groups} layer group(s)), got {n!r}")
+        frozen = list(range(n_groups))[:n]
+        for i, g in enumerate(self.layer_groups):
+            for p in g.parameters():
+                p.requires_grad_(i not in frozen)
+        self.frozen_groups = frozen
+
+    def freeze(self) -> None:
+        """Freeze every layer group but the last (fastai 0.7: train only the head)."""
+        self.freeze_to(-1)
+
+    def unfreeze(self) -> None:
+        """Make every layer group trainable."""
+        self.freeze_to(0)
+
+    def bn_freeze(self, flag: bool = True) -> None:
+        """With `flag`, every BatchNorm layer keeps its running statistics fixed while training (fastai
+        0.7's ``bn_freeze``); the BatchNorm layers of frozen groups always do."""
+        self.bn_frozen = bool(flag)
 
     # ------------------------------------------------------------------ optimizer
     def create_opt(self) -> torch.optim.Optimizer:
@@ -350,13 +398,13 @@ class Learner:
     def _restore_weights(self, state: Dict[str, Any], source: str) -> None:
         """Load a checkpoint's model and optimizer state, with clear errors on a mismatch."""
         where = f"checkpoint {source!r}"
-        check_state_dict(self.model, state["model"], source=where)
+        check_state_dict(self.saved_model, state["model"], source=where)
         groups = [len(g["params"]) for g in self.opt.param_groups]
         saved = [len(g["params"]) for g in state["opt"]["param_groups"]]
         if groups != saved:
             raise ValueError(f"the optimizer in {where} has param groups of sizes {saved} but this learner's has "
                              f"{groups}; was it saved with other layer groups?")
-        unwrap_model(self.model).load_state_dict(state["model"])
+        self.saved_model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
 
     def _n_train_batches(self) -> int:
@@ -521,7 +569,34 @@ class Learner:
         """``(outputs, targets)`` on the validation set (or the test set)."""
         return self.predict_dl(self._loader(is_test))
 
+    def TTA(self, n_aug: int = 4, is_test: bool = False) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """Test-time augmentation: ``(preds, y)`` with `preds` stacked as ``(n_aug + 1, N, ...)``, the plain
+        prediction first, then `n_aug` passes with the training augmentation. For classifiers
+        ``np.mean(np.exp(preds), 0)`` are the averaged probabilities."""
+        if not _is_int(n_aug) or n_aug < 0:
+            raise ValueError(f"n_aug must be an int >= 0, got {n_aug!r}")
+        if not callable(getattr(self.data, "aug_dl", None)):
+            raise ValueError("TTA needs data with training transforms to augment with (ImageClassifierData); "
+                             f"{type(self.data).__name__} has none")
+        preds, targs = self.predict_dl(self._loader(is_test))
+        aug = [self.predict_dl(self.data.aug_dl(is_test))[0] for _ in range(n_aug)]
+        return np.stack([preds] + aug), targs
+
+    def lr_find(self, start_lr=1e-5, end_lr=10, num_it: Optional[int] = None, linear: bool = False, wds=None):
+        """LR range test (Smith 2015, fastai 0.7): one pass raising the LR every batch from `start_lr` to
+        `end_lr`, stopping when the smoothed loss diverges; everything is restored afterwards. Plot with
+        ``learn.sched.plot()``; returns the suggested LRs. See `snapfit.callbacks.lr_finder.lr_find`."""
+        from .callbacks.lr_finder import lr_find
+
+        return lr_find(self, start_lr=start_lr, end_lr=end_lr, num_it=num_it, linear=linear, wds=wds)
+
     # ------------------------------------------------------------------ files
+    @property
+    def saved_model(self) -> nn.Module:
+        """The module whose state dict `save`, `load`, snapshots and checkpoints use: the plain model
+        (under any DDP or torch.compile wrapper)."""
+        return unwrap_model(self.model)
+
     @property
     def models_path(self) -> Path:
         """The folder weights are saved to: ``{path}/{model_dir}``."""
@@ -535,15 +610,15 @@ class Learner:
         """Save the model's state dict to ``{path}/{model_dir}/{name}.pt`` atomically (main process only)."""
         path = self.model_file(name)
         if self.is_main_process:
-            atomic_save(unwrap_model(self.model).state_dict(), path)
+            atomic_save(self.saved_model.state_dict(), path)
         return path
 
     def load(self, name: str) -> "Learner":
         """Load weights saved by `save` (weights_only); a mismatch names the offending keys."""
         path = self.model_file(name)
         state = load_file(path, map_location=self.device)
-        check_state_dict(self.model, state, source=str(path))
-        unwrap_model(self.model).load_state_dict(state)
+        check_state_dict(self.saved_model, state, source=str(path))
+        self.saved_model.load_state_dict(state)
         return self
 
     def saved_cycles(self, name: str) -> List[int]:

@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional, Union
 import torch
 
 from ..core import Callback
-from ..io import DamagedFileError, atomic_save, load_file, unwrap_model
+from ..io import DamagedFileError, atomic_save, load_file
 from ..rng import get_rng_states, set_rng_states
 
 __all__ = ["Checkpoint", "read_checkpoint", "merge_fit_args", "FORMAT"]
@@ -164,7 +164,7 @@ class Checkpoint(Callback):
                 cbs[key] = cb.state_dict()
         return {
             "format": FORMAT, "version": VERSION, "torch_version": str(torch.__version__),
-            "model": unwrap_model(learn.model).state_dict(),
+            "model": learn.saved_model.state_dict(),
             "opt": learn.opt.state_dict(),
             "position": {"epoch": epoch, "batch_idx": batch_idx, "iteration": iteration,
                          "n_epochs": learn.n_epochs, "n_batches": learn.n_batches},

@@ -41,6 +41,7 @@ class Recorder(Callback):
             raise ValueError(f"sync_every must be a positive int (batches between reads of the loss), "
                              f"got {sync_every!r}")
         self.sync_every, self.beta = sync_every, beta
+        self.finder = None  # the last LR range test (learn.lr_find), kept across fits
         self.reset()
 
     # ----------------------------------------------------------------- state
@@ -221,6 +222,14 @@ class Recorder(Callback):
         ax.set_ylabel("loss")
         ax.legend(loc="best")
         return _done(fig)
+
+    def plot(self, n_skip: int = 10, n_skip_end: int = 5, ax=None):
+        """After ``learn.lr_find()``: smoothed training loss against LR (log axis), the suggested LR marked,
+        skipping the first `n_skip` and last `n_skip_end` batches. Returns the Figure."""
+        if self.finder is None:
+            raise ValueError("sched.plot() shows the LR range test: run learn.lr_find() first "
+                             "(plot_lr() and plot_loss() show the last fit)")
+        return self.finder.plot(n_skip=n_skip, n_skip_end=n_skip_end, ax=ax)
 
     def plot_metrics(self, ax=None):
         """Validation metrics per epoch. Returns the Figure."""

@@ -1,0 +1,197 @@
+"""The LR range test (Smith 2015; fastai 0.7's ``lr_find``).
+
+One pass over the training data raises every param group's LR each batch, exponentially (or
+linearly) from `start_lr` to `end_lr`, and watches the debiased moving average of the training loss
+(beta = 0.98); it stops when that loss is NaN/inf or exceeds 4x the best seen (best counted from the
+10th batch on). The model weights, optimizer state, BatchNorm statistics, RNG states, position and
+the recorder of earlier fits are put back exactly as they were. Losses are read back every
+`check_every` batches, not every batch.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import List, NamedTuple, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..core import Callback, CancelFitException, CancelValidException
+from ..rng import get_rng_states, set_rng_states
+from .recorder import _done, _fig_ax, smooth
+from .schedule import ParamScheduler, Schedule
+
+__all__ = ["LRRangeSchedule", "LRFinder", "LRFinderResult", "SuggestedLRs", "lr_find"]
+
+
+class SuggestedLRs(NamedTuple):
+    """LRs suggested by the range test (for the last param group): `steep`, where the smoothed loss
+    falls fastest against log(LR), and `min_div10`, a tenth of the LR at the minimum smoothed loss."""
+
+    steep: float
+    min_div10: float
+
+
+class LRRangeSchedule(Schedule):
+    """``lr_g(i) = start_g * f(i)`` with ``f(i) = ratio**(i/(n-1))`` (or ``1 + (ratio-1)*i/(n-1)`` when
+    `linear`), ``ratio = end/start`` of the last group: every group moves by the same factor."""
+
+    def __init__(self, start_lrs: Sequence[float], ratio: float, num_it: int, batches_per_epoch: int,
+                 linear: bool = False):
+        super().__init__(start_lrs, batches_per_epoch, math.ceil(num_it / batches_per_epoch))
+        self.ratio, self.num_it, self.linear = float(ratio), int(num_it), linear
+
+    def factor(self, iteration: int) -> float:
+        t = min(iteration, self.num_it - 1) / max(self.num_it - 1, 1)
+        return 1 + (self.ratio - 1) * t if self.linear else self.ratio ** t
+
+
+class LRFinderResult:
+    """What a range test saw: `lrs` (last group), raw `losses` and `smooth_losses` per batch, and where
+    it stopped. `plot` draws loss against LR; `suggest` picks LRs from the smoothed curve."""
+
+    def __init__(self, lrs: List[float], losses: List[float], beta: float = 0.98, diverged: bool = False):
+        self.lrs, self.losses, self.diverged = lrs, losses, diverged
+        self.smooth_losses = smooth(losses, beta)
+
+    def _window(self, n_skip: int, n_skip_end: int):
+        n = len(self.lrs)
+        lo, hi = n_skip, n - n_skip_end
+        if hi - lo < 3:  # too short a run to skip anything
+            lo, hi = 0, n
+        lrs, sm = np.asarray(self.lrs[lo:hi], float), np.asarray(self.smooth_losses[lo:hi], float)
+        ok = np.isfinite(sm) & (lrs > 0)
+        return lrs[ok], sm[ok]
+
+    def suggest(self, n_skip: int = 10, n_skip_end: int = 5) -> SuggestedLRs:
+        """`SuggestedLRs` from the smoothed loss, skipping the first `n_skip` and last `n_skip_end` batches."""
+        lrs, sm = self._window(n_skip, n_skip_end)
+        if len(lrs) < 2:
+            return SuggestedLRs(float("nan"), float("nan"))
+        slope = np.gradient(sm, np.log10(lrs))
+        return SuggestedLRs(float(lrs[int(np.argmin(slope))]), float(lrs[int(np.argmin(sm))] / 10))
+
+    def plot(self, n_skip: int = 10, n_skip_end: int = 5, ax=None, show_suggestion: bool = True):
+        """Smoothed (and raw) training loss against LR on a log axis, the suggested LR marked. Returns the Figure."""
+        fig, ax = _fig_ax(ax)
+        n = len(self.lrs)
+        sl = slice(n_skip, n - n_skip_end) if n - n_skip - n_skip_end >= 3 else slice(0, n)
+        ax.plot(self.lrs[sl], self.losses[sl], alpha=0.3, label="loss")
+        ax.plot(self.lrs[sl], self.smooth_losses[sl], label="smoothed loss")
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate (log scale)")
+        ax.set_ylabel("training loss")
+        if show_suggestion:
+            s = self.suggest(n_skip, n_skip_end)
+            if np.isfinite(s.steep):
+                y = float(np.interp(np.log10(s.steep), np.log10(self.lrs[sl]), self.smooth_losses[sl]))
+                ax.plot([s.steep], [y], "ro", label=f"steepest: {s.steep:.2e}")
+                ax.axvline(s.min_div10, color="grey", ls=":", label=f"min/10: {s.min_div10:.2e}")
+        ax.legend(loc="best")
+        return _done(fig)
+
+
+class LRFinder(Callback):
+    """Records the loss of each batch of a range test (on the device) and stops it at `num_it` batches or
+    when the smoothed loss diverges; validation is skipped. Reads the losses back every `check_every` batches."""
+
+    order = 40
+
+    def __init__(self, num_it: int, beta: float = 0.98, check_every: int = 5, stop_div: bool = True):
+        self.num_it, self.beta, self.check_every, self.stop_div = num_it, beta, check_every, stop_div
+        self.lrs: List[float] = []
+        self.losses: List[float] = []
+        self.diverged = False
+
+    def before_fit(self, learn) -> None:
+        self._buf = None
+        self._avg, self._n, self._best = 0.0, 0, math.inf
+
+    def after_loss(self, learn) -> None:
+        if learn.training:
+            if self._buf is None:
+                self._buf = torch.full((self.num_it,), float("nan"), device=learn.loss.device)
+            self._buf[learn.iteration] = learn.loss.detach().float()
+
+    def after_batch(self, learn) -> None:
+        if not learn.training:
+            return
+        self.lrs.append(learn.opt.param_groups[-1]["lr"])
+        done = learn.iteration + 1
+        if done % self.check_every == 0 or done >= self.num_it:
+            self._check(done)
+        if self.diverged or done >= self.num_it:
+            raise CancelFitException()
+
+    def _check(self, done: int) -> None:
+        start = len(self.losses)
+        for i, v in enumerate(self._buf[start:done].tolist(), start=start):
+            self.losses.append(v)
+            self._n += 1
+            self._avg = self.beta * self._avg + (1 - self.beta) * v
+            sm = self._avg / (1 - self.beta ** self._n)
+            if self.stop_div and (not math.isfinite(sm) or sm > 4 * self._best):
+                self.diverged = True
+                del self.lrs[i + 1:]
+                return
+            if i >= 10 and sm < self._best:
+                self._best = sm
+
+    def before_validate(self, learn) -> None:
+        raise CancelValidException()
+
+    def result(self) -> LRFinderResult:
+        """The recorded run."""
+        return LRFinderResult(self.lrs, self.losses, self.beta, self.diverged)
+
+
+def lr_find(learn, start_lr=1e-5, end_lr=10, num_it: Optional[int] = None, linear: bool = False, wds=None,
+            check_every: int = 5, stop_div: bool = True) -> SuggestedLRs:
+    """Run the LR range test on `learn` and restore it exactly; the run is kept as ``learn.sched.finder``
+    (plot it with ``learn.sched.plot()``). `start_lr`/`end_lr` are floats or one value per param group
+    (the groups move together, by the last group's ratio). Returns `SuggestedLRs`."""
+    from ..learner import Position, _per_group
+
+    n_batches = learn._n_train_batches()
+    if num_it is None:
+        num_it = n_batches
+    if isinstance(num_it, bool) or not isinstance(num_it, int) or num_it < 2:
+        raise ValueError(f"num_it must be an int >= 2 (batches in the range test), got {num_it!r}")
+    had_opt = learn.opt is not None
+    opt = learn.opt if had_opt else learn.create_opt()
+    n_groups = len(opt.param_groups)
+    starts = _per_group("start_lr", start_lr, n_groups)
+    ends = _per_group("end_lr", end_lr, n_groups)
+    if starts[-1] <= 0 or ends[-1] <= starts[-1]:
+        raise ValueError(f"lr_find needs 0 < start_lr < end_lr, got start_lr={start_lr!r}, end_lr={end_lr!r}")
+    wd_vals = _per_group("wds", learn.wd if wds is None else wds, n_groups)
+
+    saved = dict(
+        model={k: v.detach().clone() for k, v in learn.saved_model.state_dict().items()},
+        opt=copy.deepcopy(opt.state_dict()), rng=get_rng_states(), position=copy.copy(learn.position),
+        schedule=learn.schedule, fit_args=learn.fit_args, training=learn.model.training,
+    )
+    recorder = learn.sched
+    if recorder is not None:  # the history of earlier fits stays out of reach of the range test
+        learn.remove_cbs([recorder])
+    schedule = LRRangeSchedule(starts, ends[-1] / starts[-1], num_it, n_batches, linear)
+    finder = LRFinder(num_it, check_every=check_every, stop_div=stop_div)
+    try:
+        position = Position(n_epochs=schedule.n_epochs, n_batches=n_batches)
+        learn._fit(position, [ParamScheduler(schedule, wd_vals), finder])
+    finally:
+        learn.saved_model.load_state_dict(saved["model"])
+        if had_opt:
+            learn.opt.load_state_dict(saved["opt"])
+        else:
+            learn.opt = None
+        set_rng_states(saved["rng"])
+        learn.position, learn.schedule, learn.fit_args = saved["position"], saved["schedule"], saved["fit_args"]
+        learn.model.train(saved["training"])
+        if recorder is not None:
+            learn.cbs.insert(0, recorder)
+            learn._build_handlers()
+    res = finder.result()
+    if recorder is not None:
+        recorder.finder = res
+    return res.suggest()

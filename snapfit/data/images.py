@@ -1,0 +1,343 @@
+"""Image classification data, fastai 0.7 style: `ImageClassifierData.from_paths` (ImageFolder layout),
+`from_csv` (file name + label columns) and `from_arrays`. Images are read with PIL, converted to RGB
+and passed through torchvision.transforms.v2 pipelines (see `snapfit.data.transforms`)."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .core import DataBunch, EpochShuffleSampler
+
+__all__ = ["ImageClassifierData", "ImageFileDataset", "ImageArrayDataset", "ImageLoadError", "IMAGE_EXTENSIONS",
+           "get_cv_idxs"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class ImageLoadError(ValueError):
+    """An image file could not be read or decoded."""
+
+
+def _open_rgb(path: Path):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except Exception as e:  # PIL raises many kinds: UnidentifiedImageError, OSError (truncated), SyntaxError...
+        raise ImageLoadError(f"cannot read image {path}: {type(e).__name__}: {e}. Fix or remove the file, or build "
+                             "the data with skip_bad=True to leave unreadable images out") from e
+
+
+def get_cv_idxs(n: int, val_pct: float = 0.2, seed: int = 42) -> np.ndarray:
+    """Indices of a random validation split of ``round(n * val_pct)`` items, reproducible from `seed`
+    (fastai 0.7's default seed is 42)."""
+    if not 0 < val_pct < 1:
+        raise ValueError(f"val_pct must be in (0, 1), got {val_pct}")
+    return np.random.RandomState(seed).permutation(n)[: int(round(n * val_pct))]
+
+
+class ImageFileDataset(Dataset):
+    """``(transformed image, label)`` for a list of image files; an unreadable file raises
+    `ImageLoadError` naming it."""
+
+    def __init__(self, files: Sequence[Union[str, Path]], labels: Sequence[int], tfm: Optional[Callable] = None):
+        if len(files) != len(labels):
+            raise ValueError(f"{len(files)} files but {len(labels)} labels")
+        self.files = [Path(f) for f in files]
+        self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+        self.tfm = tfm
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def get_image(self, i: int):
+        """The untransformed RGB image `i` (PIL)."""
+        return _open_rgb(self.files[i])
+
+    def __getitem__(self, i: int):
+        img = self.get_image(i)
+        return (self.tfm(img) if self.tfm is not None else _to_chw(img)), self.labels[i]
+
+    def with_tfm(self, tfm: Optional[Callable]) -> "ImageFileDataset":
+        """The same images and labels with another transform."""
+        return ImageFileDataset(self.files, self.labels, tfm)
+
+    def fingerprint(self) -> str:
+        """A digest of the files (names, sizes, modification times) and labels."""
+        h = hashlib.sha1()
+        for f, y in zip(self.files, self.labels.tolist()):
+            st = f.stat()
+            h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}|{y};".encode())
+        return h.hexdigest()
+
+
+def _to_chw(img) -> torch.Tensor:
+    from torchvision.transforms import v2
+
+    return v2.functional.to_image(img)
+
+
+class ImageArrayDataset(Dataset):
+    """``(transformed image, label)`` over an in-memory array of images: uint8 or [0, 1] floats,
+    shaped (N, H, W), (N, H, W, C) or (N, C, H, W); grey images are repeated to 3 channels."""
+
+    def __init__(self, x, y, tfm: Optional[Callable] = None):
+        self.x = _images_to_uint8_chw(x)
+        self.labels = torch.as_tensor(np.asarray(y, dtype=np.int64))
+        if len(self.x) != len(self.labels):
+            raise ValueError(f"{len(self.x)} images but {len(self.labels)} labels")
+        self.tfm = tfm
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        img = self.x[i]
+        return (self.tfm(img) if self.tfm is not None else img), self.labels[i]
+
+    def with_tfm(self, tfm: Optional[Callable]) -> "ImageArrayDataset":
+        """The same images and labels with another transform."""
+        ds = ImageArrayDataset.__new__(ImageArrayDataset)
+        ds.x, ds.labels, ds.tfm = self.x, self.labels, tfm
+        return ds
+
+    def fingerprint(self) -> str:
+        """A digest of the pixels and labels."""
+        h = hashlib.sha1(self.x.numpy().tobytes())
+        h.update(self.labels.numpy().tobytes())
+        return h.hexdigest()
+
+
+def _images_to_uint8_chw(x) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(x))
+    if t.ndim == 3:
+        t = t[:, None]
+    elif t.ndim == 4 and t.shape[-1] in (1, 3) and t.shape[1] not in (1, 3):
+        t = t.permute(0, 3, 1, 2)
+    if t.ndim != 4 or t.shape[1] not in (1, 3):
+        raise ValueError(f"images must be shaped (N, H, W), (N, H, W, C) or (N, C, H, W) with 1 or 3 channels, "
+                         f"got {tuple(t.shape)}")
+    if t.is_floating_point():
+        if t.numel() and (t.min() < 0 or t.max() > 1):
+            raise ValueError("float images must be in [0, 1] (or pass uint8 images in [0, 255])")
+        t = (t * 255).round().to(torch.uint8)
+    elif t.dtype != torch.uint8:
+        t = t.clamp(0, 255).to(torch.uint8)
+    if t.shape[1] == 1:
+        t = t.expand(-1, 3, -1, -1)
+    return t.contiguous()
+
+
+def _list_images(folder: Path) -> List[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _drop_unreadable(files: List[Path], labels: List[int], skip_bad: bool) -> Tuple[List[Path], List[int]]:
+    if not skip_bad:
+        return files, labels
+    keep_f, keep_y, bad = [], [], []
+    for f, y in zip(files, labels):
+        try:
+            _open_rgb(f)
+        except ImageLoadError:
+            bad.append(f)
+            continue
+        keep_f.append(f)
+        keep_y.append(y)
+    if bad:
+        warnings.warn(f"skip_bad=True: left out {len(bad)} unreadable image(s): {[str(b) for b in bad[:5]]}"
+                      + (" ..." if len(bad) > 5 else ""), stacklevel=3)
+    return keep_f, keep_y
+
+
+def _default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+class ImageClassifierData(DataBunch):
+    """Single-label image classification data: training, validation (and test) datasets with their
+    transforms, and the loaders built on them. `classes`, `c`, `trn_dl`, `val_dl`, `test_dl` as in
+    fastai 0.7; `aug_dl(is_test)` serves the validation (or test) images with the training augmentation
+    (for TTA) and `fix_dl` the training images in order with the validation transforms."""
+
+    def __init__(self, path, trn_ds, val_ds, classes: Sequence, bs: int = 64, test_ds=None,
+                 tfms: Tuple[Optional[Callable], Optional[Callable]] = (None, None), num_workers: Optional[int] = None,
+                 seed: int = 0, pin_memory: Optional[bool] = None):
+        if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1:
+            raise ValueError(f"bs must be a positive int, got {bs!r}")
+        if len(trn_ds) == 0:
+            raise ValueError("the training set is empty: no images were found")
+        self.path, self.bs, self.seed = Path(path), bs, seed
+        self.tfms = tuple(tfms)
+        self.num_workers = _default_workers() if num_workers is None else int(num_workers)
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.trn_ds, self.val_ds, self.test_ds = trn_ds, val_ds, test_ds
+        train_dl = self._loader(trn_ds, shuffle=True)
+        valid_dl = self._loader(val_ds) if val_ds is not None else None
+        test_dl = self._loader(test_ds) if test_ds is not None else None
+        super().__init__(train_dl, valid_dl, test_dl, classes=classes, loss_func=nn.CrossEntropyLoss())
+
+    def _loader(self, ds, shuffle: bool = False) -> DataLoader:
+        kw = dict(batch_size=self.bs, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                  persistent_workers=self.num_workers > 0)
+        if shuffle:
+            return DataLoader(ds, sampler=EpochShuffleSampler(len(ds), self.seed), **kw)
+        return DataLoader(ds, shuffle=False, **kw)
+
+    @property
+    def trn_y(self) -> np.ndarray:
+        """Training labels."""
+        return self.trn_ds.labels.numpy()
+
+    @property
+    def val_y(self) -> np.ndarray:
+        """Validation labels."""
+        return self.val_ds.labels.numpy()
+
+    @property
+    def sz(self) -> Optional[int]:
+        """Image side after the validation transforms (None without transforms)."""
+        val = self.tfms[1]
+        for t in getattr(val, "transforms", []):
+            if type(t).__name__ == "CenterCrop":
+                return int(t.size[0])
+        return None
+
+    @property
+    def fix_dl(self) -> DataLoader:
+        """Training images in order, with the validation transforms (no augmentation)."""
+        return self._loader(self.trn_ds.with_tfm(self.tfms[1]))
+
+    def aug_dl(self, is_test: bool = False) -> DataLoader:
+        """Validation (or test) images with the training transforms (augmentation), in order: for TTA."""
+        ds = self.test_ds if is_test else self.val_ds
+        if ds is None:
+            raise ValueError(f"this data has no {'test' if is_test else 'validation'} set")
+        return self._loader(ds.with_tfm(self.tfms[0]))
+
+    def fingerprint(self) -> str:
+        """A digest of every split's images and labels and of the validation transforms."""
+        h = hashlib.sha1(repr(self.tfms[1]).encode())
+        for ds in (self.trn_ds, self.val_ds, self.test_ds):
+            h.update((ds.fingerprint() if ds is not None else "-").encode())
+        return h.hexdigest()
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_paths(cls, path, bs: int = 64, tfms=(None, None), trn_name: str = "train", val_name: str = "valid",
+                   test_name: Optional[str] = None, num_workers: Optional[int] = None, skip_bad: bool = False,
+                   seed: int = 0) -> "ImageClassifierData":
+        """Images in the ImageFolder layout: ``{path}/{trn_name}/{class}/*.jpg`` and the same for `val_name`;
+        `test_name` is a flat folder of unlabelled images. Classes are the sorted training sub-folders."""
+        path = Path(path)
+        trn_dir = path / trn_name
+        if not trn_dir.is_dir():
+            raise FileNotFoundError(f"no training folder {trn_dir} (trn_name={trn_name!r}); expected "
+                                    f"{path}/{trn_name}/<class>/<image files>")
+        classes = sorted(d.name for d in trn_dir.iterdir() if d.is_dir())
+        if not classes:
+            raise ValueError(f"{trn_dir} has no class sub-folders; expected {trn_dir}/<class>/<image files>")
+        trn = cls._folder_items(trn_dir, classes, skip_bad)
+        val_dir = path / val_name
+        if not val_dir.is_dir():
+            raise FileNotFoundError(f"no validation folder {val_dir} (val_name={val_name!r})")
+        extra = sorted(d.name for d in val_dir.iterdir() if d.is_dir() and d.name not in classes)
+        if extra:
+            raise ValueError(f"{val_dir} has classes that are not in {trn_dir}: {extra}")
+        val = cls._folder_items(val_dir, classes, skip_bad)
+        test = cls._test_items(path, test_name, skip_bad)
+        trn_t, val_t = tfms
+        return cls(path, ImageFileDataset(*trn, trn_t), ImageFileDataset(*val, val_t), classes, bs=bs,
+                   test_ds=ImageFileDataset(*test, val_t) if test else None, tfms=tfms,
+                   num_workers=num_workers, seed=seed)
+
+    @staticmethod
+    def _folder_items(folder: Path, classes: List[str], skip_bad: bool):
+        files, labels = [], []
+        for i, c in enumerate(classes):
+            if (folder / c).is_dir():
+                imgs = _list_images(folder / c)
+                files += imgs
+                labels += [i] * len(imgs)
+        return _drop_unreadable(files, labels, skip_bad)
+
+    @staticmethod
+    def _test_items(path: Path, test_name: Optional[str], skip_bad: bool):
+        if test_name is None:
+            return None
+        d = path / test_name
+        if not d.is_dir():
+            raise FileNotFoundError(f"no test folder {d} (test_name={test_name!r})")
+        files = _list_images(d)
+        return _drop_unreadable(files, [0] * len(files), skip_bad)
+
+    @classmethod
+    def from_csv(cls, path, folder: str, csv_fname, bs: int = 64, tfms=(None, None), val_idxs=None,
+                 suffix: str = "", test_name: Optional[str] = None, skip_header: bool = True,
+                 num_workers: Optional[int] = None, skip_bad: bool = False, val_pct: float = 0.2,
+                 seed: int = 42) -> "ImageClassifierData":
+        """Images in ``{path}/{folder}`` listed in a CSV of ``file name, label`` rows (`suffix` is added to
+        each name). `val_idxs` selects the validation rows; by default a random `val_pct` split seeded
+        with `seed`."""
+        path = Path(path)
+        csv_path = Path(csv_fname) if Path(csv_fname).is_absolute() else path / csv_fname
+        if not csv_path.is_file():
+            raise FileNotFoundError(f"no CSV file {csv_path}")
+        with open(csv_path, newline="") as f:
+            rows = [r for r in csv.reader(f) if r]
+        if skip_header:
+            rows = rows[1:]
+        if not rows:
+            raise ValueError(f"{csv_path} lists no images")
+        bad = [i for i, r in enumerate(rows) if len(r) < 2 or not r[1].strip()]
+        if bad:
+            raise ValueError(f"{csv_path}: row {bad[0] + 1 + skip_header} has no label (need 'file name, label')")
+        multi = [r for r in rows if len(r[1].split()) > 1]
+        if multi:
+            raise ValueError(f"{csv_path}: multi-label rows (e.g. {multi[0]}) are not supported; one label per image")
+        files = [path / folder / f"{r[0].strip()}{suffix}" for r in rows]
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} image(s) listed in {csv_path} do not exist, e.g. {missing[0]}")
+        names = [r[1].strip() for r in rows]
+        classes = sorted(set(names))
+        idx = {c: i for i, c in enumerate(classes)}
+        labels = [idx[n] for n in names]
+        val_idxs = get_cv_idxs(len(files), val_pct, seed) if val_idxs is None else np.asarray(val_idxs, dtype=int)
+        if len(val_idxs) and (val_idxs.min() < 0 or val_idxs.max() >= len(files)):
+            raise ValueError(f"val_idxs must index the {len(files)} CSV rows, got values up to {val_idxs.max()}")
+        is_val = np.zeros(len(files), bool)
+        is_val[val_idxs] = True
+        trn = _drop_unreadable([f for f, v in zip(files, is_val) if not v],
+                               [y for y, v in zip(labels, is_val) if not v], skip_bad)
+        val = _drop_unreadable([f for f, v in zip(files, is_val) if v],
+                               [y for y, v in zip(labels, is_val) if v], skip_bad)
+        test = cls._test_items(path, test_name, skip_bad)
+        trn_t, val_t = tfms
+        return cls(path, ImageFileDataset(*trn, trn_t), ImageFileDataset(*val, val_t), classes, bs=bs,
+                   test_ds=ImageFileDataset(*test, val_t) if test else None, tfms=tfms,
+                   num_workers=num_workers, seed=seed)
+
+    @classmethod
+    def from_arrays(cls, path, trn, val, bs: int = 64, tfms=(None, None), classes: Optional[Sequence] = None,
+                    test=None, num_workers: Optional[int] = 0, seed: int = 0) -> "ImageClassifierData":
+        """In-memory images: ``trn = (x, y)``, ``val = (x, y)``, `test` an array of images. Images are uint8
+        or [0, 1] floats shaped (N, H, W[, C]) or (N, C, H, W)."""
+        (x_trn, y_trn), (x_val, y_val) = trn, val
+        trn_t, val_t = tfms
+        trn_ds, val_ds = ImageArrayDataset(x_trn, y_trn, trn_t), ImageArrayDataset(x_val, y_val, val_t)
+        if classes is None:
+            classes = list(range(int(max(trn_ds.labels.max(), val_ds.labels.max())) + 1))
+        test_ds = ImageArrayDataset(test, np.zeros(len(test), np.int64), val_t) if test is not None else None
+        return cls(path, trn_ds, val_ds, classes, bs=bs, test_ds=test_ds, tfms=tfms, num_workers=num_workers,
+                   seed=seed)
