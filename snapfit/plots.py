@@ -30,7 +30,7 @@ def plot_confusion_matrix(cm: np.ndarray, classes: Optional[Sequence] = None, no
     cm = np.asarray(cm)
     shown = cm / np.maximum(cm.sum(1, keepdims=True), 1) if normalize else cm
     classes = list(classes) if classes is not None else list(range(len(cm)))
-    fig, ax = _fig_ax(ax)
+    fig, ax = _fig_ax(ax, figsize=(1.5 + 0.5 * len(classes), 1 + 0.5 * len(classes)))
     ax.imshow(shown, interpolation="nearest", cmap=cmap)
     ax.set_title(title)
     ax.set_xticks(range(len(classes)), [str(c) for c in classes], rotation=45)

@@ -262,12 +262,12 @@ def _as_tensor(v, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(float(v), device=like.device)
 
 
-def _fig_ax(ax):
+def _fig_ax(ax, figsize=(7, 4)):
     import matplotlib.pyplot as plt
 
     if ax is not None:
         return ax.figure, ax
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=figsize)
     return fig, ax
 
 
