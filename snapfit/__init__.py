@@ -2,6 +2,7 @@
 LR finder, exact resume."""
 from .callbacks import (
     SGDR,
+    SWA,
     Checkpoint,
     ConstantLR,
     CycleSnapshot,
@@ -11,6 +12,7 @@ from .callbacks import (
     Recorder,
     Schedule,
     TerminateOnNaN,
+    update_bn,
 )
 from .callbacks.lr_finder import SuggestedLRs
 from .core import (
@@ -47,7 +49,7 @@ __all__ = [
     "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "CancelTrainException",
     "CancelValidException", "CancelBackwardException", "CancelStepException",
     "SGDR", "ConstantLR", "Schedule", "ParamScheduler", "CycleSnapshot", "Recorder", "ProgressCallback",
-    "Checkpoint", "TerminateOnNaN", "NonFiniteLossError",
+    "Checkpoint", "TerminateOnNaN", "NonFiniteLossError", "SWA", "update_bn",
     "accuracy", "accuracy_np", "error_rate", "mlp", "simple_cnn", "SuggestedLRs",
     "ImageClassifierData", "RandomDihedral", "tfms_from_model", "tfms_from_stats", "transforms_basic",
     "transforms_side_on", "transforms_top_down", "ConvLearner", "AdaptiveConcatPool2d",

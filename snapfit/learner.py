@@ -23,6 +23,7 @@ from .callbacks.progress import ProgressCallback
 from .callbacks.recorder import Recorder
 from .callbacks.schedule import SGDR, ConstantLR, ParamScheduler
 from .callbacks.snapshot import CycleSnapshot
+from .callbacks.swa import SWA
 from .core import (
     EVENTS,
     Callback,
@@ -317,7 +318,7 @@ class Learner:
             cycle_save_name: Optional[str] = None, warmup: bool = True,
             callbacks: Optional[Iterable[Callback]] = None, checkpoint: Optional[str] = None,
             checkpoint_every: Union[int, str] = "epoch", start_cycle: int = 0,
-            resume: Optional[str] = None) -> Optional[List[float]]:
+            resume: Optional[str] = None, use_swa: bool = False, swa_start: int = 1) -> Optional[List[float]]:
         """Train with fastai 0.7 semantics. Without `cycle_len`: `n_cycle` epochs at constant `lrs`.
         With it: SGDR, ``lr = lr_max/2 * (1 + cos(pi*t/nb))`` set every batch, cycle c lasting
         ``cycle_len * cycle_mult**c`` epochs, weights saved as ``{cycle_save_name}_cyc_{c}`` at each
@@ -326,9 +327,10 @@ class Learner:
         `checkpoint='ckpt'` writes the full training state every `checkpoint_every` batches (or
         ``'epoch'``/``'cycle'``) and at the end; `resume='ckpt'` continues that fit from the exact
         batch it was taken at; `start_cycle=i` starts the SGDR schedule at the beginning of cycle i
-        (after ``load_cycle(name, i - 1)``)."""
+        (after ``load_cycle(name, i - 1)``). `use_swa` averages the weights of every epoch from
+        `swa_start` on into ``learn.swa_model`` (fastai 0.7's names; see `SWA`)."""
         args = self._check_fit_args(lrs, n_cycle, wds, cycle_len, cycle_mult, cycle_save_name, warmup,
-                                    checkpoint, checkpoint_every, start_cycle)
+                                    checkpoint, checkpoint_every, start_cycle, use_swa, swa_start)
         n_batches = self._n_train_batches()
         opt = self.opt if self.opt is not None else self.create_opt()
         n_groups = len(opt.param_groups)
@@ -348,6 +350,8 @@ class Learner:
         cbs: List[Callback] = [ParamScheduler(schedule, args["wds"])]
         if cycle_save_name is not None:
             cbs.append(CycleSnapshot(cycle_save_name))
+        if args["use_swa"]:
+            cbs.append(SWA(args["swa_start"]))
         if args["checkpoint"] is not None:
             cbs.append(Checkpoint(args["checkpoint"], args["checkpoint_every"], resume_state=state))
         elif state is not None:
@@ -366,7 +370,7 @@ class Learner:
         return self.fit(a.pop("lrs"), a.pop("n_cycle"), callbacks=callbacks, resume=name, **a)
 
     def _check_fit_args(self, lrs, n_cycle, wds, cycle_len, cycle_mult, cycle_save_name, warmup,
-                        checkpoint, checkpoint_every, start_cycle) -> Dict[str, Any]:
+                        checkpoint, checkpoint_every, start_cycle, use_swa, swa_start) -> Dict[str, Any]:
         n_cycle = _check_positive_int("n_cycle", n_cycle)
         if cycle_len is not None:
             cycle_len = _check_positive_int("cycle_len", cycle_len)
@@ -391,9 +395,14 @@ class Learner:
             if checkpoint == cycle_save_name:
                 raise ValueError(f"checkpoint and cycle_save_name must differ, both are {checkpoint!r}")
         Checkpoint.check_every(checkpoint_every)
+        if not isinstance(use_swa, bool):
+            raise ValueError(f"use_swa must be True or False, got {use_swa!r}")
+        if not _is_int(swa_start) or swa_start < 1:
+            raise ValueError(f"swa_start must be a positive int (the first epoch averaged, from 1), got {swa_start!r}")
         return dict(n_cycle=n_cycle, cycle_len=cycle_len, cycle_mult=int(cycle_mult),
                     cycle_save_name=cycle_save_name, warmup=warmup, start_cycle=int(start_cycle),
-                    checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+                    checkpoint=checkpoint, checkpoint_every=checkpoint_every, use_swa=use_swa,
+                    swa_start=int(swa_start))
 
     def _restore_weights(self, state: Dict[str, Any], source: str) -> None:
         """Load a checkpoint's model and optimizer state, with clear errors on a mismatch."""
@@ -581,6 +590,30 @@ class Learner:
         preds, targs = self.predict_dl(self._loader(is_test))
         aug = [self.predict_dl(self.data.aug_dl(is_test))[0] for _ in range(n_aug)]
         return np.stack([preds] + aug), targs
+
+    # ------------------------------------------------------------------ snapshots
+    def snapshots(self, name: str) -> List[Dict[str, Any]]:
+        """The saved cycles of `name`: cycle index, file, epoch, iteration, validation loss and metrics."""
+        from .snapshots import list_snapshots
+
+        return list_snapshots(self, name)
+
+    def predict_snapshots(self, name: str, cycles: Optional[Sequence[int]] = None, dl=None,
+                          last: Optional[int] = None, tta: bool = False, is_test: bool = False):
+        """Snapshot ensemble: ``(probs, targets)`` with the softmax outputs of the chosen snapshots (all, the
+        `last` M, or `cycles`) averaged; streams one snapshot at a time and restores the model's weights."""
+        from .snapshots import predict_snapshots
+
+        return predict_snapshots(self, name, cycles=cycles, dl=dl, last=last, tta=tta, is_test=is_test)
+
+    def average_snapshots(self, name: str, cycles: Optional[Sequence[int]] = None, update_bn: bool = True,
+                          save_as: Optional[str] = None, last: Optional[int] = None) -> "Learner":
+        """Load the mean of the chosen snapshots' weights into the model, then (with `update_bn`) recompute
+        BatchNorm statistics over the training data; `save_as` also saves the result."""
+        from .snapshots import average_snapshots
+
+        average_snapshots(self, name, cycles=cycles, update_bn_stats=update_bn, save_as=save_as, last=last)
+        return self
 
     def lr_find(self, start_lr=1e-5, end_lr=10, num_it: Optional[int] = None, linear: bool = False, wds=None):
         """LR range test (Smith 2015, fastai 0.7): one pass raising the LR every batch from `start_lr` to

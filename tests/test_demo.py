@@ -19,4 +19,4 @@ def test_demo_runs_and_reaches_95_percent(tmp_path):
     assert (tmp_path / "demo" / "lr.png").stat().st_size > 1000
     assert (tmp_path / "demo" / "loss.png").stat().st_size > 1000
     assert sorted(p.name for p in (tmp_path / "demo" / "models").iterdir()) == [
-        "snap_cyc_0.pt", "snap_cyc_1.pt", "snap_cyc_2.pt"]
+        "snap_cyc_0.json", "snap_cyc_0.pt", "snap_cyc_1.json", "snap_cyc_1.pt", "snap_cyc_2.json", "snap_cyc_2.pt"]

@@ -80,7 +80,7 @@ def test_sigkill_mid_cycle_then_resume_in_a_fresh_process_is_bit_identical(tmp_p
     assert 0 < state["position"]["batch_idx"] < resume_job.BATCHES_PER_EPOCH, "the checkpoint is mid-epoch"
     run_job(out, "resume")
     assert_same_run(load_result(out), reference)
-    assert sorted(p.name for p in (out / "models").iterdir()) == [
+    assert sorted(p.name for p in (out / "models").glob("*.pt")) == [
         "ckpt.pt", "snap_cyc_0.pt", "snap_cyc_1.pt", "snap_cyc_2.pt"]
 
 

@@ -27,7 +27,8 @@ def test_one_snapshot_per_cycle_equal_to_the_weights_at_cycle_end(make_learner, 
     rec = EpochEndWeights()
     learn.fit(0.2, 3, cycle_len=1, cycle_mult=2, cycle_save_name="snap", callbacks=[rec])
     files = sorted(p.name for p in (tmp_path / "models").iterdir())
-    assert files == ["snap_cyc_0.pt", "snap_cyc_1.pt", "snap_cyc_2.pt"]
+    assert files == ["snap_cyc_0.json", "snap_cyc_0.pt", "snap_cyc_1.json", "snap_cyc_1.pt", "snap_cyc_2.json",
+                     "snap_cyc_2.pt"]
     assert len(rec.states) == 7
     for cycle, epoch in [(0, 0), (1, 2), (2, 6)]:  # cycles of 1, 2, 4 epochs
         saved = torch.load(tmp_path / "models" / f"snap_cyc_{cycle}.pt", weights_only=True)
@@ -104,7 +105,7 @@ def test_crash_during_snapshot_leaves_previous_snapshot(make_learner, tmp_path, 
     after = load_file(tmp_path / "models" / "s_cyc_0.pt")
     for k in before:
         assert torch.equal(before[k], after[k])
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["s_cyc_0.pt"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["s_cyc_0.json", "s_cyc_0.pt"]
     # the learner is still usable
     learn.fit(0.1, 1)
 

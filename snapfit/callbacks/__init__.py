@@ -5,8 +5,9 @@ from .progress import ProgressCallback
 from .recorder import Recorder
 from .schedule import SGDR, ConstantLR, ParamScheduler, Schedule
 from .snapshot import CycleSnapshot
+from .swa import SWA, update_bn
 
 __all__ = [
     "Checkpoint", "read_checkpoint", "NonFiniteLossError", "TerminateOnNaN", "ProgressCallback", "Recorder",
-    "SGDR", "ConstantLR", "ParamScheduler", "Schedule", "CycleSnapshot",
+    "SGDR", "ConstantLR", "ParamScheduler", "Schedule", "CycleSnapshot", "SWA", "update_bn",
 ]

@@ -1,8 +1,13 @@
 """Per-cycle snapshots: at the end of every SGDR cycle the weights are saved to
-``{path}/{model_dir}/{name}_cyc_{i}.pt`` (fastai 0.7's ``cycle_save_name``)."""
+``{path}/{model_dir}/{name}_cyc_{i}.pt`` (fastai 0.7's ``cycle_save_name``), with a small JSON sidecar
+``{name}_cyc_{i}.json`` recording when it was taken and how it validated."""
 from __future__ import annotations
 
+import math
+import time
+
 from ..core import Callback
+from ..io import atomic_write_json
 
 __all__ = ["CycleSnapshot"]
 
@@ -25,4 +30,17 @@ class CycleSnapshot(Callback):
             return
         cycle = sched.cycle_index(done - 1)
         path = learn.save(f"{self.save_name}_cyc_{cycle}")
+        rec = learn.sched
+        val = rec.last_values if rec is not None and rec.last_values is not None else []
+        names = rec.metric_names if rec is not None else []
+        record = {"cycle": cycle, "epoch": learn.epoch, "iteration": done,
+                  "val_loss": _num(val[0]) if val else None,
+                  "metrics": {n: _num(v) for n, v in zip(names, val[1:])}, "saved_at": time.time()}
+        if learn.is_main_process:
+            atomic_write_json(record, path.with_suffix(".json"))
         self.saved.append((cycle, path))
+
+
+def _num(v):
+    """JSON has no NaN: report a missing value as None."""
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)

@@ -8,6 +8,7 @@ already there: snapfit never downloads.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple, Union
@@ -263,15 +264,31 @@ class ConvLearner(Learner):
             x_test=acts.get("test"), classes=data.classes, num_workers=0)
 
     # ------------------------------------------------------------------ predictions
-    def TTA(self, n_aug: int = 4, is_test: bool = False):
-        """As `Learner.TTA`, always on the full model and the images (also with precompute on)."""
+    @contextlib.contextmanager
+    def _on_images(self):
+        """Run on the full model and the images, precompute or not (snapshots may hold another body)."""
         pre = self._precompute
         self.precompute = False
         try:
-            return super().TTA(n_aug, is_test)
+            yield
         finally:
             if pre:
                 self.precompute = True
+
+    def TTA(self, n_aug: int = 4, is_test: bool = False):
+        """As `Learner.TTA`, always on the full model and the images (also with precompute on)."""
+        with self._on_images():
+            return super().TTA(n_aug, is_test)
+
+    def predict_snapshots(self, name: str, *args, **kwargs):
+        """As `Learner.predict_snapshots`, always on the full model and the images."""
+        with self._on_images():
+            return super().predict_snapshots(name, *args, **kwargs)
+
+    def average_snapshots(self, name: str, *args, **kwargs):
+        """As `Learner.average_snapshots`; BatchNorm statistics are re-estimated on the images."""
+        with self._on_images():
+            return super().average_snapshots(name, *args, **kwargs)
 
     def __repr__(self) -> str:
         return (f"ConvLearner({self.arch_name}, device={self.device}, frozen_groups={self.frozen_groups}, "

@@ -1,0 +1,140 @@
+"""Using the per-cycle snapshots of a fit: list them, ensemble their predictions, average their weights.
+
+"Snapshot Ensembles: Train 1, get M for free" (Huang et al. 2017): the weights saved at the end of each
+SGDR cycle are different good models; averaging their softmax outputs is an ensemble at no extra
+training cost, and averaging their weights (then re-estimating BatchNorm, as SWA does) gives one model.
+Everything streams: one snapshot is in memory at a time, whatever their number."""
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .callbacks.swa import update_bn
+from .io import check_state_dict, load_file
+
+__all__ = ["list_snapshots", "resolve_cycles", "predict_snapshots", "average_snapshots", "softmax_np"]
+
+
+def softmax_np(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax; for log-probabilities it gives back the probabilities."""
+    z = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def list_snapshots(learn, name: str) -> List[Dict[str, Any]]:
+    """One record per saved cycle of `name`: ``cycle``, ``file`` and, from the JSON sidecar written at
+    save time, ``epoch``, ``iteration``, ``val_loss`` and ``metrics`` (None when there is no sidecar)."""
+    out = []
+    for c in learn.saved_cycles(name):
+        f = learn.model_file(f"{name}_cyc_{c}")
+        rec = {"cycle": c, "file": str(f), "epoch": None, "iteration": None, "val_loss": None, "metrics": None}
+        side = f.with_suffix(".json")
+        if side.is_file():
+            try:
+                rec.update(json.loads(side.read_text()))
+            except ValueError:
+                pass  # a damaged sidecar: the weights are still listed
+        rec["cycle"], rec["file"] = c, str(f)
+        out.append(rec)
+    return out
+
+
+def resolve_cycles(learn, name: str, cycles: Optional[Sequence[int]] = None, last: Optional[int] = None) -> List[int]:
+    """The cycles to use: `cycles` as given (each must be saved), the `last` M saved ones, or all."""
+    saved = learn.saved_cycles(name)
+    if not saved:
+        raise FileNotFoundError(f"no snapshots named {name!r} in {learn.models_path} (files {name}_cyc_<i>.pt are "
+                                "written by fit(..., cycle_len=..., cycle_save_name=name))")
+    if cycles is not None and last is not None:
+        raise ValueError("pass cycles or last, not both")
+    if cycles is not None:
+        cycles = list(cycles)
+        if not cycles:
+            raise ValueError(f"cycles is empty: name at least one cycle of {name!r} (saved: {saved})")
+        bad = [c for c in cycles if c not in saved]
+        if bad:
+            raise ValueError(f"cycle {bad[0]} of {name!r} was never saved; saved cycles: {saved}")
+        return cycles
+    if last is not None:
+        if isinstance(last, bool) or not isinstance(last, int) or not 1 <= last <= len(saved):
+            raise ValueError(f"last must be an int in [1, {len(saved)}] (the number of saved cycles), got {last!r}")
+        return saved[-last:]
+    return saved
+
+
+def _load_snapshot(learn, name: str, cycle: int) -> None:
+    path = learn.model_file(f"{name}_cyc_{cycle}")
+    state = load_file(path, map_location=learn.device)
+    check_state_dict(learn.saved_model, state, source=str(path))
+    learn.saved_model.load_state_dict(state)
+
+
+def predict_snapshots(learn, name: str, cycles: Optional[Sequence[int]] = None, dl=None, last: Optional[int] = None,
+                      tta: bool = False, is_test: bool = False,
+                      n_aug: int = 4) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """``(probs, targets)``: the softmax of each snapshot's outputs over `dl` (default: the validation or
+    test loader), averaged over the snapshots. One snapshot is loaded at a time into the learner's model,
+    whose own weights are put back afterwards. With `tta`, each snapshot's probabilities are first
+    averaged over the plain and `n_aug` augmented passes."""
+    chosen = resolve_cycles(learn, name, cycles, last)
+    if dl is None and not tta:
+        dl = learn._loader(is_test)
+    if tta and dl is not None:
+        raise ValueError("tta=True predicts on the data's own validation/test images; it takes no dl")
+    backup = {k: v.detach().clone() for k, v in learn.saved_model.state_dict().items()}
+    total, targs = None, None
+    try:
+        for c in chosen:
+            _load_snapshot(learn, name, c)
+            if tta:
+                outs, targs = learn.TTA(n_aug=n_aug, is_test=is_test)
+                probs = softmax_np(outs).mean(0)
+            else:
+                outs, targs = learn.predict_dl(dl)
+                probs = softmax_np(outs)
+            if total is None:
+                total = probs.astype(np.float64)
+            else:
+                total += probs
+            del outs, probs
+    finally:
+        learn.saved_model.load_state_dict(backup)
+    return (total / len(chosen)).astype(np.float32), targs
+
+
+def _accumulate(avg: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor], n: int) -> None:
+    """Fold the n-th (from 0) state dict into the running mean `avg` (float64)."""
+    for k, v in state.items():
+        if not v.is_floating_point():
+            avg[k] = v.clone()  # counters such as num_batches_tracked: the last snapshot's
+        elif n == 0:
+            avg[k] = v.double()
+        else:
+            avg[k] += (v.double() - avg[k]) / (n + 1)
+
+
+def average_snapshots(learn, name: str, cycles: Optional[Sequence[int]] = None, update_bn_stats: bool = True,
+                      save_as: Optional[str] = None, last: Optional[int] = None) -> None:
+    """Put the element-wise mean of the snapshots' weights into the learner's model (a running mean in
+    float64, one snapshot in memory at a time), then, with `update_bn_stats`, recompute BatchNorm
+    statistics over the training data; `save_as` also saves the result under that name."""
+    chosen = resolve_cycles(learn, name, cycles, last)
+    model = learn.saved_model
+    avg: Dict[str, torch.Tensor] = {}
+    for n, c in enumerate(chosen):
+        path = learn.model_file(f"{name}_cyc_{c}")
+        state = load_file(path, map_location=learn.device)
+        check_state_dict(model, state, source=str(path))
+        _accumulate(avg, state, n)
+        del state
+    own = model.state_dict()
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in avg.items()})
+    del avg
+    if update_bn_stats:
+        update_bn(model, learn.data.train_dl, lambda b: learn._split(b)[0])
+    if save_as is not None:
+        learn.save(save_as)
