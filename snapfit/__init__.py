@@ -11,6 +11,7 @@ from .callbacks import (
     ProgressCallback,
     Recorder,
     Schedule,
+    StepDecay,
     TerminateOnNaN,
     update_bn,
 )
@@ -48,7 +49,7 @@ __all__ = [
     "Learner", "Position", "DataBunch", "EpochShuffleSampler", "load_digits_arrays", "default_device",
     "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "CancelTrainException",
     "CancelValidException", "CancelBackwardException", "CancelStepException",
-    "SGDR", "ConstantLR", "Schedule", "ParamScheduler", "CycleSnapshot", "Recorder", "ProgressCallback",
+    "SGDR", "ConstantLR", "StepDecay", "Schedule", "ParamScheduler", "CycleSnapshot", "Recorder", "ProgressCallback",
     "Checkpoint", "TerminateOnNaN", "NonFiniteLossError", "SWA", "update_bn",
     "accuracy", "accuracy_np", "error_rate", "mlp", "simple_cnn", "SuggestedLRs",
     "ImageClassifierData", "RandomDihedral", "tfms_from_model", "tfms_from_stats", "transforms_basic",

@@ -21,7 +21,7 @@ from .callbacks.freeze import FreezeBatchNorm
 from .callbacks.nan import TerminateOnNaN
 from .callbacks.progress import ProgressCallback
 from .callbacks.recorder import Recorder
-from .callbacks.schedule import SGDR, ConstantLR, ParamScheduler
+from .callbacks.schedule import SGDR, ConstantLR, ParamScheduler, Schedule
 from .callbacks.snapshot import CycleSnapshot
 from .callbacks.swa import SWA
 from .core import (
@@ -361,6 +361,25 @@ class Learner:
             self._restore_weights(state, resume)
         self.fit_args = args
         return self._fit(position, cbs)
+
+    def fit_schedule(self, schedule: Schedule, wds=None,
+                     callbacks: Optional[Iterable[Callback]] = None) -> Optional[List[float]]:
+        """Train for ``schedule.n_epochs`` epochs with the LRs of any `Schedule` (e.g. `StepDecay`), set
+        every batch. Returns the last epoch's ``[val_loss, *metrics]``."""
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a snapfit Schedule, got {type(schedule).__name__}")
+        n_batches = self._n_train_batches()
+        if schedule.batches_per_epoch != n_batches:
+            raise ValueError(f"the schedule has {schedule.batches_per_epoch} batches per epoch but the training "
+                             f"loader has {n_batches}")
+        opt = self.opt if self.opt is not None else self.create_opt()
+        if len(schedule.base_lrs) != len(opt.param_groups):
+            raise ValueError(f"the schedule has {len(schedule.base_lrs)} base LR(s) but the optimizer has "
+                             f"{len(opt.param_groups)} param group(s)")
+        wd_vals = _per_group("wds", self.wd if wds is None else wds, len(opt.param_groups))
+        self.fit_args = {"schedule": schedule.describe()}
+        position = Position(n_epochs=schedule.n_epochs, n_batches=n_batches)
+        return self._fit(position, [ParamScheduler(schedule, wd_vals), *(callbacks or [])])
 
     def resume(self, name: str, callbacks: Optional[Iterable[Callback]] = None) -> Optional[List[float]]:
         """Continue the fit saved in checkpoint `name` (written with ``fit(..., checkpoint=name)``)

@@ -94,3 +94,15 @@ def test_schedule_is_a_pure_function_of_the_iteration():
     assert [s.locate(i)[0] for i in (0, 9, 10, 29, 30, 69, 70, 149)] == [0, 0, 1, 1, 2, 2, 3, 3]
     assert [i for i in range(1, 151) if s.is_cycle_end(i)] == [10, 30, 70, 150] == s.cycle_ends()
     assert ConstantLR([0.1, 0.2], 3, 2).lrs_at(5) == [0.1, 0.2]
+
+
+def test_step_decay_through_fit_schedule(make_learner):
+    from snapfit import StepDecay
+
+    learn = make_learner(data=small_data(n_trn=16, bs=8))  # 2 batches per epoch
+    learn.fit_schedule(StepDecay([0.1], 2, 5, milestones=(2, 4), gamma=0.1))
+    assert learn.sched.lrs == pytest.approx([0.1] * 4 + [0.01] * 4 + [0.001] * 2)
+    with pytest.raises(ValueError, match="the schedule has 3 batches per epoch but the training loader has 2"):
+        learn.fit_schedule(StepDecay([0.1], 3, 5))
+    with pytest.raises(TypeError, match="schedule must be a snapfit Schedule"):
+        learn.fit_schedule("cosine")

@@ -12,7 +12,7 @@ from typing import List, Sequence, Tuple
 
 from ..core import Callback
 
-__all__ = ["Schedule", "ConstantLR", "SGDR", "ParamScheduler"]
+__all__ = ["Schedule", "ConstantLR", "StepDecay", "SGDR", "ParamScheduler"]
 
 
 class Schedule:
@@ -61,6 +61,25 @@ class Schedule:
 
 class ConstantLR(Schedule):
     """The same LRs for every batch: fastai 0.7's ``fit(lrs, n_epochs)`` without ``cycle_len``."""
+
+
+class StepDecay(Schedule):
+    """Step decay: ``lr = base_lr * gamma**k`` where k is the number of `milestones` (epochs) already
+    reached, e.g. ``milestones=(20, 30)``: base LR, then /10 from epoch 20, /100 from epoch 30."""
+
+    def __init__(self, base_lrs: Sequence[float], batches_per_epoch: int, n_epochs: int,
+                 milestones: Sequence[int] = (), gamma: float = 0.1):
+        super().__init__(base_lrs, batches_per_epoch, n_epochs)
+        self.milestones, self.gamma = sorted(int(m) for m in milestones), float(gamma)
+
+    def factor(self, iteration: int) -> float:
+        epoch = iteration // self.batches_per_epoch
+        return self.gamma ** sum(epoch >= m for m in self.milestones)
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update(milestones=self.milestones, gamma=self.gamma)
+        return d
 
 
 class SGDR(Schedule):
