@@ -2,6 +2,7 @@
 the loop of events. Everything else (schedules, snapshots, recording, bars) is a callback."""
 from __future__ import annotations
 
+import inspect
 import numbers
 import re
 import signal
@@ -38,7 +39,7 @@ from .core import (
 )
 from .io import atomic_save, check_name, check_state_dict, load_file, unwrap_model
 
-__all__ = ["Learner", "Position", "default_device"]
+__all__ = ["Learner", "Position", "TensorModel", "default_device"]
 
 
 def default_device() -> torch.device:
@@ -92,6 +93,27 @@ class _DeferredInterrupt:
         return False
 
 
+def _step_needs_closure(opt) -> bool:
+    """True when ``opt.step`` has a `closure` argument without a default (torch.optim.LBFGS)."""
+    try:
+        p = inspect.signature(opt.step).parameters.get("closure")
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return False
+    return p is not None and p.default is inspect.Parameter.empty
+
+
+class TensorModel(nn.Module):
+    """Wraps a tensor to optimise (e.g. the pixels of an image) as a model whose output is the tensor:
+    ``Learner(image_tensor, DataBunch.fixed(), loss_func=lambda img: ...)``. `tensor` is the parameter."""
+
+    def __init__(self, tensor: torch.Tensor):
+        super().__init__()
+        self.tensor = tensor if isinstance(tensor, nn.Parameter) else nn.Parameter(tensor.detach().clone())
+
+    def forward(self, *args) -> torch.Tensor:
+        return self.tensor
+
+
 def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
@@ -140,8 +162,10 @@ class Learner:
                  path: Union[str, Path] = ".", model_dir: str = "models", callbacks: Iterable[Callback] = (),
                  device: Union[str, torch.device, None] = None, wd: float = 0.0, progress: bool = True,
                  layer_groups: Optional[Sequence[nn.Module]] = None):
+        if isinstance(model, torch.Tensor):  # pixel optimisation: the thing trained is a tensor (an image)
+            model = TensorModel(model)
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+            raise TypeError(f"model must be a torch.nn.Module (or a tensor to optimise), got {type(model).__name__}")
         if not hasattr(data, "train_dl"):
             raise TypeError(f"data must be a DataBunch (with train_dl/valid_dl), got {type(data).__name__}; "
                             "use DataBunch(train_dl, valid_dl) or DataBunch.from_arrays(...)")
@@ -172,6 +196,7 @@ class Learner:
         self.yb: Tuple = ()
         self.pred = self.loss = self.loss_grad = None
         self._interrupt_pending = False
+        self._closure_opt, self._needs_closure = None, False
         self.interrupted: Optional[str] = None
         self.sync_requested = False
         self.fit_args: Dict[str, Any] = {}
@@ -538,6 +563,8 @@ class Learner:
         dev = self.device
         if isinstance(batch, (list, tuple)):
             batch = [b.to(dev, non_blocking=True) if torch.is_tensor(b) else b for b in batch]
+            if not batch:
+                return (), ()
             if len(batch) == 1:
                 return (batch[0],), ()
             return tuple(batch[:-1]), (batch[-1],)
@@ -557,11 +584,34 @@ class Learner:
             pass
         try:
             self._fire("after_backward")
-            self.opt.step()
+            self._step()
         except CancelStepException:
             pass
         self._fire("after_step")
         self.opt.zero_grad(set_to_none=True)
+
+    def _step(self) -> None:
+        """``opt.step()``, or for optimizers whose step needs a closure (LBFGS) ``opt.step(closure)``: the
+        closure's first call returns the loss already computed (its gradients are in place), later calls
+        zero the gradients and re-run forward, loss and backward without firing events."""
+        if self._closure_opt is not self.opt:
+            self._closure_opt, self._needs_closure = self.opt, _step_needs_closure(self.opt)
+        if not self._needs_closure:
+            self.opt.step()
+            return
+        first = [True]
+
+        def closure():
+            if first[0]:
+                first[0] = False
+                return self.loss.detach()
+            self.opt.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                loss = self.loss_func(self.model(*self.xb), *self.yb)
+                loss.backward()
+            return loss.detach()
+
+        self.opt.step(closure)
 
     # ------------------------------------------------------------------ predictions
     def _loader(self, is_test: bool):

@@ -42,6 +42,7 @@ class Recorder(Callback):
                              f"got {sync_every!r}")
         self.sync_every, self.beta = sync_every, beta
         self.finder = None  # the last LR range test (learn.lr_find), kept across fits
+        self.lars = None  # the LARS callback of the last fit that used one (its recorded trust ratios)
         self.reset()
 
     # ----------------------------------------------------------------- state
@@ -230,6 +231,13 @@ class Recorder(Callback):
             raise ValueError("sched.plot() shows the LR range test: run learn.lr_find() first "
                              "(plot_lr() and plot_loss() show the last fit)")
         return self.finder.plot(n_skip=n_skip, n_skip_end=n_skip_end, ax=ax)
+
+    def plot_lars(self, ax=None, max_layers: int = 12):
+        """The LARS trust ratio of each layer against iteration (after a fit with ``callbacks=[LARS()]``).
+        Returns the Figure."""
+        if self.lars is None:
+            raise ValueError("plot_lars() shows what LARS recorded: fit with callbacks=[LARS()] first")
+        return self.lars.plot(ax=ax, max_layers=max_layers)
 
     def plot_metrics(self, ax=None):
         """Validation metrics per epoch. Returns the Figure."""

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
-__all__ = ["DataBunch", "EpochShuffleSampler", "to_tensor"]
+__all__ = ["DataBunch", "EpochShuffleSampler", "FixedBatchLoader", "to_tensor"]
 
 
 class EpochShuffleSampler(Sampler):
@@ -63,6 +63,24 @@ def _check_pair(x, y, xname: str, yname: str):
     return x, y
 
 
+class FixedBatchLoader:
+    """Yields the same `batch` `n_batches` times per epoch (default: an empty batch, for models that take
+    no input, such as the pixels of an image being optimised)."""
+
+    def __init__(self, batch=(), n_batches: int = 1):
+        if isinstance(n_batches, bool) or not isinstance(n_batches, int) or n_batches < 1:
+            raise ValueError(f"n_batches must be a positive int, got {n_batches!r}")
+        self.batch, self.n_batches = tuple(batch) if isinstance(batch, (list, tuple)) else (batch,), n_batches
+        self.batch_size = None
+
+    def __iter__(self):
+        for _ in range(self.n_batches):
+            yield self.batch
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+
 class DataBunch:
     """The loaders of a fit: ``DataBunch(train_dl, valid_dl=None, test_dl=None)`` with plain torch
     DataLoaders, or `from_arrays`. fastai 0.7 names `trn_dl`/`val_dl` are aliases. `c` is the
@@ -90,6 +108,12 @@ class DataBunch:
     def valid_ds(self) -> Optional[Dataset]:
         """The validation dataset (None without one)."""
         return self.valid_dl.dataset if self.valid_dl is not None else None
+
+    @classmethod
+    def fixed(cls, batch=(), n_batches: int = 1) -> "DataBunch":
+        """Training data that is one fixed `batch` served `n_batches` times per epoch, no validation: for
+        optimising pixels (style transfer) or other full-batch problems (with LBFGS)."""
+        return cls(FixedBatchLoader(batch, n_batches))
 
     @classmethod
     def from_arrays(cls, x_trn, y_trn, x_val=None, y_val=None, bs: int = 64, x_test=None, y_test=None,
