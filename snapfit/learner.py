@@ -93,6 +93,9 @@ class _DeferredInterrupt:
         return False
 
 
+_EVENT_NAMES = {u: (f"before_{u}", f"after_{u}") for u in ("fit", "epoch", "train", "validate", "batch")}
+
+
 def _step_needs_closure(opt) -> bool:
     """True when ``opt.step`` has a `closure` argument without a default (torch.optim.LBFGS)."""
     try:
@@ -226,7 +229,7 @@ class Learner:
     @property
     def sched(self) -> Optional[Recorder]:
         """The recorder (fastai 0.7 name): LR and loss history and their plots."""
-        return next((cb for cb in self.cbs if isinstance(cb, Recorder)), None)
+        return self._recorder
 
     recorder = sched
 
@@ -256,7 +259,8 @@ class Learner:
 
     def _build_handlers(self) -> None:
         ordered = sorted(self.cbs, key=lambda c: c.order)  # stable: ties keep insertion order
-        self._handlers = {e: [getattr(c, e) for c in ordered if callable(getattr(c, e, None))] for e in EVENTS}
+        self._handlers = {e: tuple(getattr(c, e) for c in ordered if callable(getattr(c, e, None))) for e in EVENTS}
+        self._recorder = next((cb for cb in self.cbs if isinstance(cb, Recorder)), None)
 
     def _fire(self, event: str) -> None:
         for handler in self._handlers[event]:
@@ -267,18 +271,19 @@ class Learner:
         """``before_<name>``, `body`, ``after_<name>``, then `final`. `cancel` ends this unit quietly; an
         outer unit's cancel exception still closes it on its way out (unless `close_on_outer_cancel` is
         False: a batch cut short by an epoch/fit cancel is abandoned). Errors skip the after-event."""
+        before, after = _EVENT_NAMES[name]
         try:
-            self._fire(f"before_{name}")
+            self._fire(before)
             body()
         except cancel:
             pass
         except CancelException:
             if close_on_outer_cancel:
-                self._fire(f"after_{name}")
+                self._fire(after)
                 if final:
                     final()
             raise
-        self._fire(f"after_{name}")
+        self._fire(after)
         if final:
             final()
 

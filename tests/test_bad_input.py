@@ -101,7 +101,7 @@ def test_load_missing_file(make_learner):
 
 
 @pytest.mark.parametrize("kwargs,exc,message", [
-    (dict(model="resnet"), TypeError, "model must be a torch.nn.Module, got str"),
+    (dict(model="resnet"), TypeError, "model must be a torch.nn.Module (or a tensor to optimise), got str"),
     (dict(data=[1, 2]), TypeError, "data must be a DataBunch"),
     (dict(metrics=[3]), TypeError, "metrics must be callables"),
     (dict(callbacks=["x"]), TypeError, "callbacks must be Callback instances"),

@@ -17,9 +17,9 @@ def make_bar(total: int, desc: str = "", leave: bool = False):
     from tqdm.std import tqdm as text_tqdm
 
     try:
-        return auto_tqdm(total=total, desc=desc, leave=leave, dynamic_ncols=True)
+        return auto_tqdm(total=total, desc=desc, leave=leave)
     except ImportError:  # Jupyter without ipywidgets: fall back to a text bar
-        return text_tqdm(total=total, desc=desc, leave=leave, file=sys.stdout, dynamic_ncols=True)
+        return text_tqdm(total=total, desc=desc, leave=leave, file=sys.stdout)
 
 
 def _fmt(v) -> str:
@@ -36,8 +36,8 @@ def format_row(values: List, width: int = 10) -> str:
 
 
 class ProgressCallback(Callback):
-    """Draws a bar per epoch (training and validation) showing the running loss, and prints one
-    table line per epoch. `bars=False` turns the bars off; `table=False` the table."""
+    """Draws one bar per epoch (its training then validation batches) showing the running loss, and
+    prints one table line per epoch. `bars=False` turns the bars off; `table=False` the table."""
 
     order = 60
 
@@ -52,9 +52,11 @@ class ProgressCallback(Callback):
     def _active(self, learn) -> bool:
         return self.bars and learn.is_main_process
 
-    def before_train(self, learn) -> None:
+    def before_epoch(self, learn) -> None:
         if self._active(learn):
-            self._bar = make_bar(learn.n_batches, desc=f"epoch {learn.epoch + 1}/{learn.n_epochs}")
+            valid = learn.data.valid_dl
+            total = learn.n_batches + (len(valid) if valid is not None else 0)
+            self._bar = make_bar(total, desc=f"epoch {learn.epoch + 1}/{learn.n_epochs}")
             if learn.batch_idx:
                 self._bar.update(learn.batch_idx)
             self._show_loss(learn.sched)
@@ -71,17 +73,6 @@ class ProgressCallback(Callback):
         if rec is not None and rec.losses and len(rec.losses) != self._shown:
             self._shown = len(rec.losses)
             self._bar.set_postfix(loss=f"{rec.smooth_loss:.4f}", refresh=False)
-
-    def after_train(self, learn) -> None:
-        self._close()
-
-    def before_validate(self, learn) -> None:
-        dl = learn.data.valid_dl
-        if self._active(learn) and dl is not None:
-            self._bar = make_bar(len(dl), desc="validation")
-
-    def after_validate(self, learn) -> None:
-        self._close()
 
     def after_epoch(self, learn) -> None:
         self._close()

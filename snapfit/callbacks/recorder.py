@@ -1,9 +1,9 @@
 """The recorder, published as ``learn.sched`` (fastai 0.7's name): per batch the LR of every
 param group and the training loss, per epoch the validation loss and metrics, and the plots.
 
-Losses stay on the device: each training loss is written into a preallocated device buffer
-(no host sync) and read back every `sync_every` batches and at the end of the epoch; validation
-sums are accumulated on the device and read back once per epoch."""
+Losses stay on the device: each training loss (a detached 0-d tensor) is kept until the recorder
+reads them all back with one transfer, every `sync_every` batches and at the end of the epoch;
+validation sums are accumulated on the device and read back once per epoch."""
 from __future__ import annotations
 
 import math
@@ -53,6 +53,7 @@ class Recorder(Callback):
         self.smooth_losses: List[float] = []
         self.epoch_iterations: List[int] = []
         self.trn_losses: List[float] = []
+        self.epoch_means: List[float] = []  # plain mean of each epoch's training losses
         self.val_losses: List[float] = []
         self.metrics: List[List[float]] = []
         self.metric_names: List[str] = []
@@ -61,10 +62,8 @@ class Recorder(Callback):
         self.first_iteration = 0
         self.nonfinite_at: Optional[int] = None
         self._ema, self._ema_n = 0.0, 0
-        self._buf: Optional[torch.Tensor] = None
-        self._synced = self._done = 0
-        self._skipped: List[int] = []
-        self._val_sums: Optional[List[torch.Tensor]] = None
+        self._pending: List[Optional[torch.Tensor]] = []  # training losses not read back yet (None: skipped)
+        self._val_sums: Optional[torch.Tensor] = None  # validation loss and metrics, summed over samples
         self._val_count = 0
 
     @property
@@ -84,13 +83,13 @@ class Recorder(Callback):
 
     def flush(self) -> None:
         """Read back the training losses still waiting on the device (one transfer)."""
-        self._sync(self._done)
+        self._sync()
 
     def state_dict(self) -> Dict[str, Any]:
         """Plain-data copy of the history (for checkpoints); pending device values are read first."""
         self.flush()
         return {k: getattr(self, k) for k in (
-            "group_lrs", "losses", "smooth_losses", "epoch_iterations", "trn_losses", "val_losses",
+            "group_lrs", "losses", "smooth_losses", "epoch_iterations", "trn_losses", "epoch_means", "val_losses",
             "metrics", "metric_names", "cycle_ends", "first_iteration", "nonfinite_at", "last_values")} | {
             "ema": self._ema, "ema_n": self._ema_n}
 
@@ -113,42 +112,29 @@ class Recorder(Callback):
         self.first_iteration = learn.iteration
 
     def before_train(self, learn) -> None:
-        self._buf, self._synced, self._done, self._skipped = None, learn.batch_idx, learn.batch_idx, []
+        self._pending = []
         self._epoch_start = len(self.losses) - learn.batch_idx  # a resumed epoch has its first batches recorded
-
-    def after_loss(self, learn) -> None:
-        if not learn.training:
-            return
-        loss = learn.loss.detach()
-        if self._buf is None or self._buf.device != loss.device:
-            self._buf = torch.full((learn.n_batches,), float("nan"), device=loss.device, dtype=torch.float32)
-        self._buf[learn.batch_idx] = loss
 
     def after_batch(self, learn) -> None:
         if learn.training:
             self.group_lrs.append([g["lr"] for g in learn.opt.param_groups])
-            if learn.loss is None:
-                self._skipped.append(learn.batch_idx)
-            done = self._done = learn.batch_idx + 1
-            if done - self._synced >= self.sync_every or learn.sync_requested:
-                self._sync(done)
+            loss = learn.loss
+            self._pending.append(None if loss is None else loss.detach())
+            if len(self._pending) >= self.sync_every or learn.sync_requested:
+                self._sync()
                 learn.sync_requested = False
         elif learn.loss is not None:
             n = _batch_size(learn)
             vals = [learn.loss.detach().float()]
             vals += [_as_tensor(m(learn.pred, *learn.yb), learn.loss) for m in learn.metrics]
-            if self._val_sums is None:
-                self._val_sums = [v * n for v in vals]
-            else:
-                for s, v in zip(self._val_sums, vals):
-                    s.add_(v * n)
+            batch = torch.stack(vals) * n if len(vals) > 1 else vals[0].reshape(1) * n
+            self._val_sums = batch if self._val_sums is None else self._val_sums.add_(batch)
             self._val_count += n
 
     def after_train(self, learn) -> None:
-        self._sync(learn.batch_idx)
-        ep = self.losses[self._epoch_start:]
-        finite = [v for v in ep if not math.isnan(v)]
-        self._epoch_mean = float(np.mean(finite)) if finite else float("nan")
+        self._sync()
+        finite = [v for v in self.losses[self._epoch_start:] if not math.isnan(v)]
+        self.epoch_means.append(sum(finite) / len(finite) if finite else float("nan"))
 
     def before_validate(self, learn) -> None:
         self._val_sums, self._val_count = None, 0
@@ -157,7 +143,7 @@ class Recorder(Callback):
         if self._val_sums is None or not self._val_count:
             self._val_values = None
             return
-        self._val_values = (torch.stack([s.float() for s in self._val_sums]) / self._val_count).tolist()
+        self._val_values = (self._val_sums / self._val_count).tolist()
 
     def after_epoch(self, learn) -> None:
         self.epoch_iterations.append(learn.iteration)
@@ -174,24 +160,25 @@ class Recorder(Callback):
             self.cycle_ends.append(learn.iteration)
 
     # ----------------------------------------------------------------- helpers
-    def _sync(self, upto: int) -> None:
-        """Read the buffered losses ``[synced, upto)`` back to the host (one transfer)."""
-        if self._buf is None or upto <= self._synced:
-            self._synced = max(self._synced, upto)
+    def _sync(self) -> None:
+        """Read the pending training losses back to the host (one transfer) and extend the history."""
+        pending, self._pending = self._pending, []
+        real = [t for t in pending if t is not None]
+        if not pending:
             return
-        vals = self._buf[self._synced:upto].tolist()
-        skipped = set(self._skipped)
-        for i, v in enumerate(vals, start=self._synced):
-            if i in skipped:
+        read = iter(torch.stack(real).reshape(-1).float().tolist() if real else [])
+        for t in pending:
+            if t is None:  # a batch cancelled before its loss: a gap in the curve
                 v = float("nan")
-            elif not math.isfinite(v) and self.nonfinite_at is None:
-                self.nonfinite_at = self.first_iteration + len(self.losses)
+            else:
+                v = next(read)
+                if not math.isfinite(v) and self.nonfinite_at is None:
+                    self.nonfinite_at = self.first_iteration + len(self.losses)
             self.losses.append(v)
             if not math.isnan(v):
                 self._ema_n += 1
                 self._ema = self.beta * self._ema + (1 - self.beta) * v
             self.smooth_losses.append(self.smooth_loss)
-        self._synced = upto
 
     # ----------------------------------------------------------------- plots
     def plot_lr(self, ax=None, show_cycles: bool = True):
@@ -266,7 +253,7 @@ def _batch_size(learn) -> int:
 
 def _as_tensor(v, like: torch.Tensor) -> torch.Tensor:
     if torch.is_tensor(v):
-        return v.detach().float().reshape(())
+        return v.detach().reshape(()).float()
     return torch.tensor(float(v), device=like.device)
 
 

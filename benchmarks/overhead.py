@@ -1,0 +1,144 @@
+"""What snapfit's loop costs over a hand-written PyTorch loop doing the same work.
+
+    python benchmarks/overhead.py [--workload A|B|all] [--reps 5] [--threads 1] [--bs N] [--epochs 2]
+
+Both sides train the same model on the same DataLoaders with SGD (momentum 0.9) and the same SGDR
+schedule set every batch, and validate once per epoch (loss and accuracy summed on the device, read
+once). The plain side records nothing; `learn.fit` runs its default callbacks (recorder, progress bar,
+schedule, NaN check) and, as a third side, also saves a snapshot per cycle. The sides are interleaved
+(A B C A B C ...) in one process, threads pinned; the medians of seconds per epoch are compared.
+
+Workload A: MLP 64-256-256-10 on scikit-learn's digits, batch 32 (overhead-dominated).
+Workload B: ResNet-18 on 3x32x32 inputs, batch 64 (compute-dominated).
+On CUDA, workload A also runs with batch 256."""
+import argparse
+import contextlib
+import io
+import math
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from snapfit import DataBunch, Learner, load_digits_arrays, mlp
+
+
+def plain_fit(model, data, lr, n_epochs, cycle_len, dev):
+    """The reference: a hand-written loop with the same work (SGDR per batch, validation per epoch)."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    nb = len(data.train_dl) * cycle_len
+    it = 0
+    for epoch in range(n_epochs):
+        data.train_dl.sampler.set_epoch(epoch)
+        model.train()
+        for x, y in data.train_dl:
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            t = it % nb
+            for g in opt.param_groups:
+                g["lr"] = lr / 2 * (1 + math.cos(math.pi * t / nb))
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            it += 1
+        model.eval()
+        tot = torch.zeros(3, device=dev)
+        with torch.no_grad():
+            for x, y in data.valid_dl:
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                out = model(x)
+                n = len(y)
+                tot += torch.stack([F.cross_entropy(out, y) * n, (out.argmax(1) == y).float().sum(),
+                                    torch.tensor(float(n), device=dev)])
+        tot.tolist()
+
+
+def accuracy(out, y):
+    return (out.argmax(1) == y).float().mean()
+
+
+def workload(name, bs, dev):
+    if name == "A":
+        x_trn, y_trn, x_val, y_val = load_digits_arrays(flat=True)
+        data = DataBunch.from_arrays(x_trn, y_trn, x_val, y_val, bs=bs, val_bs=256)
+        return data, lambda: mlp(64, 10, hidden=(256, 256), log_softmax=False)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1024 + 256, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (1024 + 256,), generator=g)
+    data = DataBunch.from_arrays(x[:1024], y[:1024], x[1024:], y[1024:], bs=bs, val_bs=256)
+    return data, lambda: torchvision.models.resnet18(num_classes=10)
+
+
+def bench(name, bs, reps, epochs, dev, tmp):
+    data, make = workload(name, bs, dev)
+    torch.manual_seed(0)
+    model = make().to(dev)
+    learn = Learner(model, data, loss_func=torch.nn.CrossEntropyLoss(), metrics=[accuracy], path=tmp, device=dev,
+                    opt_func=lambda ps: torch.optim.SGD(ps, momentum=0.9))
+    sink = io.StringIO()
+
+    def fit():
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            learn.fit(0.05, epochs, cycle_len=1)
+
+    def fit_snap():
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            learn.fit(0.05, epochs, cycle_len=1, cycle_save_name="snap")
+
+    sides = {"plain loop": lambda: plain_fit(model, data, 0.05, epochs, 1, dev), "learn.fit": fit,
+             "learn.fit + snapshots": fit_snap}
+    for f in sides.values():
+        f()  # warm-up (allocator, kernels, files)
+    wall, cpu = {k: [] for k in sides}, {k: [] for k in sides}
+    for _ in range(reps):
+        for k, f in sides.items():
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0, c0 = time.perf_counter(), time.process_time()
+            f()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            wall[k].append((time.perf_counter() - t0) / epochs)
+            cpu[k].append((time.process_time() - c0) / epochs)
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    cpu_med = {k: statistics.median(v) for k, v in cpu.items()}
+    return med, cpu_med, len(data.train_dl)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--workload", default="all", choices=["A", "B", "all"])
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--bs", type=int, default=None, help="override the batch size")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    dev = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    runs = []
+    if a.workload in ("A", "all"):
+        runs.append(("A", a.bs or 32))
+        if dev.type == "cuda" and a.bs is None:
+            runs.append(("A", 256))
+    if a.workload in ("B", "all"):
+        runs.append(("B", a.bs or 64))
+    print(f"device {dev} ({torch.cuda.get_device_name() if dev.type == 'cuda' else f'{a.threads} thread(s)'}), "
+          f"torch {torch.__version__}, {a.reps} interleaved reps of {a.epochs} epochs")
+    print("Medians of wall-clock seconds per epoch; the last column is the same ratio in process CPU time.")
+    print("| workload | batch | batches/epoch | plain s/epoch | fit s/epoch | fit+snapshots s/epoch "
+          "| fit/plain | fit+snap/plain | fit/plain (CPU time) |\n|---|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, bs in runs:
+            med, cpu, nb = bench(name, bs, a.reps, a.epochs, dev, tmp)
+            pl, f, fs = med["plain loop"], med["learn.fit"], med["learn.fit + snapshots"]
+            c = cpu["learn.fit"] / cpu["plain loop"]
+            print(f"| {name} | {bs} | {nb} | {pl:.4f} | {f:.4f} | {fs:.4f} | {f / pl:.3f} | {fs / pl:.3f} | {c:.3f} |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
