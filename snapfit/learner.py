@@ -20,6 +20,7 @@ from torch import nn
 from .callbacks.checkpoint import Checkpoint, merge_fit_args, read_checkpoint
 from .callbacks.freeze import FreezeBatchNorm
 from .callbacks.nan import TerminateOnNaN
+from .callbacks.precision import MixedPrecision
 from .callbacks.progress import ProgressCallback
 from .callbacks.recorder import Recorder
 from .callbacks.schedule import SGDR, ConstantLR, ParamScheduler, Schedule
@@ -37,6 +38,7 @@ from .core import (
     CancelTrainException,
     CancelValidException,
 )
+from .distributed import DistributedTraining, distribute_data, init_distributed, torchrun_env
 from .io import atomic_save, check_name, check_state_dict, load_file, unwrap_model
 
 __all__ = ["Learner", "Position", "TensorModel", "default_device"]
@@ -94,6 +96,14 @@ class _DeferredInterrupt:
 
 
 _EVENT_NAMES = {u: (f"before_{u}", f"after_{u}") for u in ("fit", "epoch", "train", "validate", "batch")}
+
+
+def _to_channels_last(b, dev):
+    if not torch.is_tensor(b):
+        return b
+    if b.ndim == 4 and b.is_floating_point():
+        return b.to(dev, non_blocking=True, memory_format=torch.channels_last)
+    return b.to(dev, non_blocking=True)
 
 
 def _step_needs_closure(opt) -> bool:
@@ -164,7 +174,7 @@ class Learner:
                  opt_func: Optional[Callable] = None, metrics: Sequence[Callable] = (),
                  path: Union[str, Path] = ".", model_dir: str = "models", callbacks: Iterable[Callback] = (),
                  device: Union[str, torch.device, None] = None, wd: float = 0.0, progress: bool = True,
-                 layer_groups: Optional[Sequence[nn.Module]] = None):
+                 layer_groups: Optional[Sequence[nn.Module]] = None, channels_last: bool = False):
         if isinstance(model, torch.Tensor):  # pixel optimisation: the thing trained is a tensor (an image)
             model = TensorModel(model)
         if not isinstance(model, nn.Module):
@@ -172,10 +182,19 @@ class Learner:
         if not hasattr(data, "train_dl"):
             raise TypeError(f"data must be a DataBunch (with train_dl/valid_dl), got {type(data).__name__}; "
                             "use DataBunch(train_dl, valid_dl) or DataBunch.from_arrays(...)")
+        env = torchrun_env()
+        if env is not None and device is None:
+            device = f"cuda:{env['local_rank']}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device) if device is not None else default_device()
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device={device!r} but CUDA is not available; pass device='cpu' or leave it None")
+        self.channels_last = bool(channels_last)
         self.model = model.to(self.device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if env is not None:  # launched by torchrun: one process per GPU (or CPU worker)
+            init_distributed(self.device.type == "cuda")
+            data = distribute_data(data, env["rank"], env["world_size"])
         self.data = data
         self.loss_func = loss_func if loss_func is not None else getattr(data, "loss_func", None)
         if self.loss_func is None:
@@ -200,12 +219,16 @@ class Learner:
         self.pred = self.loss = self.loss_grad = None
         self._interrupt_pending = False
         self._closure_opt, self._needs_closure = None, False
+        self.scaler: Optional[torch.amp.GradScaler] = None  # set by MixedPrecision for fp16
+        self._compile_kwargs: Optional[Dict[str, Any]] = None
         self.interrupted: Optional[str] = None
         self.sync_requested = False
         self.fit_args: Dict[str, Any] = {}
         self.cbs: List[Callback] = []
         self._handlers: Dict[str, list] = {}
         self.add_cbs([Recorder(), TerminateOnNaN(), ProgressCallback(bars=progress), FreezeBatchNorm()])
+        if env is not None:
+            self.add_cbs([DistributedTraining(device_ids=[self.device.index] if self.device.type == "cuda" else None)])
         self.add_cbs(callbacks)
 
     # ------------------------------------------------------------------ position
@@ -225,6 +248,32 @@ class Learner:
         """False on every rank but 0 of a torch.distributed job: only the main process writes files and prints."""
         d = torch.distributed
         return not (d.is_available() and d.is_initialized()) or d.get_rank() == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        """True inside a torch.distributed job of more than one process."""
+        d = torch.distributed
+        return d.is_available() and d.is_initialized() and d.get_world_size() > 1
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum `t` over the processes of a torch.distributed job, in place (identity otherwise)."""
+        d = torch.distributed
+        if d.is_available() and d.is_initialized():
+            d.all_reduce(t)
+        return t
+
+    def barrier(self) -> None:
+        """Wait for every process of a torch.distributed job (no-op otherwise)."""
+        d = torch.distributed
+        if d.is_available() and d.is_initialized():
+            d.barrier()
+
+    def compile(self, **kwargs) -> "Learner":
+        """Wrap the model with ``torch.compile(model, **kwargs)`` (opt-in); files still hold the plain
+        model's weights."""
+        self.model = torch.compile(self.model, **kwargs)
+        self._compile_kwargs = kwargs
+        return self
 
     @property
     def sched(self) -> Optional[Recorder]:
@@ -348,7 +397,8 @@ class Learner:
             cycle_save_name: Optional[str] = None, warmup: bool = True,
             callbacks: Optional[Iterable[Callback]] = None, checkpoint: Optional[str] = None,
             checkpoint_every: Union[int, str] = "epoch", start_cycle: int = 0,
-            resume: Optional[str] = None, use_swa: bool = False, swa_start: int = 1) -> Optional[List[float]]:
+            resume: Optional[str] = None, use_swa: bool = False, swa_start: int = 1,
+            amp: Optional[str] = None) -> Optional[List[float]]:
         """Train with fastai 0.7 semantics. Without `cycle_len`: `n_cycle` epochs at constant `lrs`.
         With it: SGDR, ``lr = lr_max/2 * (1 + cos(pi*t/nb))`` set every batch, cycle c lasting
         ``cycle_len * cycle_mult**c`` epochs, weights saved as ``{cycle_save_name}_cyc_{c}`` at each
@@ -358,9 +408,10 @@ class Learner:
         ``'epoch'``/``'cycle'``) and at the end; `resume='ckpt'` continues that fit from the exact
         batch it was taken at; `start_cycle=i` starts the SGDR schedule at the beginning of cycle i
         (after ``load_cycle(name, i - 1)``). `use_swa` averages the weights of every epoch from
-        `swa_start` on into ``learn.swa_model`` (fastai 0.7's names; see `SWA`)."""
+        `swa_start` on into ``learn.swa_model`` (fastai 0.7's names; see `SWA`). `amp='bf16'` or
+        ``'fp16'`` runs forward and loss under torch.autocast (fp16 with a GradScaler)."""
         args = self._check_fit_args(lrs, n_cycle, wds, cycle_len, cycle_mult, cycle_save_name, warmup,
-                                    checkpoint, checkpoint_every, start_cycle, use_swa, swa_start)
+                                    checkpoint, checkpoint_every, start_cycle, use_swa, swa_start, amp)
         n_batches = self._n_train_batches()
         opt = self.opt if self.opt is not None else self.create_opt()
         n_groups = len(opt.param_groups)
@@ -368,6 +419,7 @@ class Learner:
         args["wds"] = _per_group("wds", self.wd if wds is None else wds, n_groups)
         state = None
         if resume is not None:
+            self.barrier()
             state = read_checkpoint(self.model_file(check_name(resume, "resume")))
             args = merge_fit_args(args, state["fit_args"], resume)
         if cycle_len is None:
@@ -378,6 +430,8 @@ class Learner:
         position = Position(epoch=start_iteration // n_batches, batch_idx=0, iteration=start_iteration,
                             n_epochs=schedule.n_epochs, n_batches=n_batches)
         cbs: List[Callback] = [ParamScheduler(schedule, args["wds"])]
+        if args.get("amp"):
+            cbs.append(MixedPrecision(args["amp"]))
         if cycle_save_name is not None:
             cbs.append(CycleSnapshot(cycle_save_name))
         if args["use_swa"]:
@@ -419,7 +473,7 @@ class Learner:
         return self.fit(a.pop("lrs"), a.pop("n_cycle"), callbacks=callbacks, resume=name, **a)
 
     def _check_fit_args(self, lrs, n_cycle, wds, cycle_len, cycle_mult, cycle_save_name, warmup,
-                        checkpoint, checkpoint_every, start_cycle, use_swa, swa_start) -> Dict[str, Any]:
+                        checkpoint, checkpoint_every, start_cycle, use_swa, swa_start, amp) -> Dict[str, Any]:
         n_cycle = _check_positive_int("n_cycle", n_cycle)
         if cycle_len is not None:
             cycle_len = _check_positive_int("cycle_len", cycle_len)
@@ -446,12 +500,14 @@ class Learner:
         Checkpoint.check_every(checkpoint_every)
         if not isinstance(use_swa, bool):
             raise ValueError(f"use_swa must be True or False, got {use_swa!r}")
+        if amp is not None and amp not in ("bf16", "fp16"):
+            raise ValueError(f"amp must be 'bf16', 'fp16' or None, got {amp!r}")
         if not _is_int(swa_start) or swa_start < 1:
             raise ValueError(f"swa_start must be a positive int (the first epoch averaged, from 1), got {swa_start!r}")
         return dict(n_cycle=n_cycle, cycle_len=cycle_len, cycle_mult=int(cycle_mult),
                     cycle_save_name=cycle_save_name, warmup=warmup, start_cycle=int(start_cycle),
                     checkpoint=checkpoint, checkpoint_every=checkpoint_every, use_swa=use_swa,
-                    swa_start=int(swa_start))
+                    swa_start=int(swa_start), amp=amp)
 
     def _restore_weights(self, state: Dict[str, Any], source: str) -> None:
         """Load a checkpoint's model and optimizer state, with clear errors on a mismatch."""
@@ -567,12 +623,17 @@ class Learner:
     def _split(self, batch) -> Tuple[Tuple, Tuple]:
         dev = self.device
         if isinstance(batch, (list, tuple)):
-            batch = [b.to(dev, non_blocking=True) if torch.is_tensor(b) else b for b in batch]
+            if self.channels_last:
+                batch = [_to_channels_last(b, dev) for b in batch]
+            else:
+                batch = [b.to(dev, non_blocking=True) if torch.is_tensor(b) else b for b in batch]
             if not batch:
                 return (), ()
             if len(batch) == 1:
                 return (batch[0],), ()
             return tuple(batch[:-1]), (batch[-1],)
+        if self.channels_last:
+            return (_to_channels_last(batch, dev),), ()
         return ((batch.to(dev, non_blocking=True) if torch.is_tensor(batch) else batch),), ()
 
     def _do_batch(self) -> None:
@@ -584,7 +645,12 @@ class Learner:
             return
         try:
             self._fire("after_loss")
-            self.loss_grad.backward()
+            scaler = self.scaler
+            if scaler is None:
+                self.loss_grad.backward()
+            else:  # fp16: backpropagate the scaled loss, give after_backward true gradients
+                scaler.scale(self.loss_grad).backward()
+                scaler.unscale_(self.opt)
         except CancelBackwardException:
             pass
         try:
@@ -595,14 +661,21 @@ class Learner:
         self._fire("after_step")
         self.opt.zero_grad(set_to_none=True)
 
+    def _step_needs_closure_now(self) -> bool:
+        if self._closure_opt is not self.opt:
+            self._closure_opt, self._needs_closure = self.opt, _step_needs_closure(self.opt)
+        return self._needs_closure
+
     def _step(self) -> None:
         """``opt.step()``, or for optimizers whose step needs a closure (LBFGS) ``opt.step(closure)``: the
         closure's first call returns the loss already computed (its gradients are in place), later calls
         zero the gradients and re-run forward, loss and backward without firing events."""
-        if self._closure_opt is not self.opt:
-            self._closure_opt, self._needs_closure = self.opt, _step_needs_closure(self.opt)
-        if not self._needs_closure:
-            self.opt.step()
+        if not self._step_needs_closure_now():
+            if self.scaler is None:
+                self.opt.step()
+            else:  # skips the step when the gradients overflowed, then adapts the scale
+                self.scaler.step(self.opt)
+                self.scaler.update()
             return
         first = [True]
 
@@ -689,13 +762,14 @@ class Learner:
         average_snapshots(self, name, cycles=cycles, update_bn_stats=update_bn, save_as=save_as, last=last)
         return self
 
-    def lr_find(self, start_lr=1e-5, end_lr=10, num_it: Optional[int] = None, linear: bool = False, wds=None):
+    def lr_find(self, start_lr=1e-5, end_lr=10, num_it: Optional[int] = None, linear: bool = False, wds=None,
+                amp: Optional[str] = None):
         """LR range test (Smith 2015, fastai 0.7): one pass raising the LR every batch from `start_lr` to
         `end_lr`, stopping when the smoothed loss diverges; everything is restored afterwards. Plot with
         ``learn.sched.plot()``; returns the suggested LRs. See `snapfit.callbacks.lr_finder.lr_find`."""
         from .callbacks.lr_finder import lr_find
 
-        return lr_find(self, start_lr=start_lr, end_lr=end_lr, num_it=num_it, linear=linear, wds=wds)
+        return lr_find(self, start_lr=start_lr, end_lr=end_lr, num_it=num_it, linear=linear, wds=wds, amp=amp)
 
     # ------------------------------------------------------------------ files
     @property
@@ -723,6 +797,7 @@ class Learner:
     def load(self, name: str) -> "Learner":
         """Load weights saved by `save` (weights_only); a mismatch names the offending keys."""
         path = self.model_file(name)
+        self.barrier()  # under torchrun: rank 0 has finished writing
         state = load_file(path, map_location=self.device)
         check_state_dict(self.saved_model, state, source=str(path))
         self.saved_model.load_state_dict(state)

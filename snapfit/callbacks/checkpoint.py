@@ -25,7 +25,7 @@ __all__ = ["Checkpoint", "read_checkpoint", "merge_fit_args", "FORMAT"]
 FORMAT = "snapfit.checkpoint"
 VERSION = 1
 _SCHEDULE_ARGS = ("lrs", "n_cycle", "wds", "cycle_len", "cycle_mult", "cycle_save_name", "warmup", "start_cycle",
-                  "use_swa", "swa_start")
+                  "use_swa", "swa_start", "amp")
 
 
 def read_checkpoint(path) -> Dict[str, Any]:

@@ -18,6 +18,7 @@ import torch
 
 from ..core import Callback, CancelFitException, CancelValidException
 from ..rng import get_rng_states, set_rng_states
+from .precision import MixedPrecision
 from .recorder import _done, _fig_ax, smooth
 from .schedule import ParamScheduler, Schedule
 
@@ -119,13 +120,16 @@ class LRFinder(Callback):
         self.lrs.append(learn.opt.param_groups[-1]["lr"])
         done = learn.iteration + 1
         if done % self.check_every == 0 or done >= self.num_it:
-            self._check(done)
+            self._check(done, learn)
         if self.diverged or done >= self.num_it:
             raise CancelFitException()
 
-    def _check(self, done: int) -> None:
+    def _check(self, done: int, learn=None) -> None:
         start = len(self.losses)
-        for i, v in enumerate(self._buf[start:done].tolist(), start=start):
+        new = self._buf[start:done]
+        if learn is not None and learn.is_distributed:  # every rank must take the same decision to stop
+            new = learn.all_reduce_sum(new.clone()) / torch.distributed.get_world_size()
+        for i, v in enumerate(new.tolist(), start=start):
             self.losses.append(v)
             self._n += 1
             self._avg = self.beta * self._avg + (1 - self.beta) * v
@@ -146,7 +150,7 @@ class LRFinder(Callback):
 
 
 def lr_find(learn, start_lr=1e-5, end_lr=10, num_it: Optional[int] = None, linear: bool = False, wds=None,
-            check_every: int = 5, stop_div: bool = True) -> SuggestedLRs:
+            check_every: int = 5, stop_div: bool = True, amp: Optional[str] = None) -> SuggestedLRs:
     """Run the LR range test on `learn` and restore it exactly; the run is kept as ``learn.sched.finder``
     (plot it with ``learn.sched.plot()``). `start_lr`/`end_lr` are floats or one value per param group
     (the groups move together, by the last group's ratio). Returns `SuggestedLRs`."""
@@ -178,7 +182,8 @@ def lr_find(learn, start_lr=1e-5, end_lr=10, num_it: Optional[int] = None, linea
     finder = LRFinder(num_it, check_every=check_every, stop_div=stop_div)
     try:
         position = Position(n_epochs=schedule.n_epochs, n_batches=n_batches)
-        learn._fit(position, [ParamScheduler(schedule, wd_vals), finder])
+        extra = [MixedPrecision(amp)] if amp else []
+        learn._fit(position, [ParamScheduler(schedule, wd_vals), finder, *extra])
     finally:
         learn.saved_model.load_state_dict(saved["model"])
         if had_opt:

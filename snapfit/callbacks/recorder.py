@@ -140,10 +140,15 @@ class Recorder(Callback):
         self._val_sums, self._val_count = None, 0
 
     def after_validate(self, learn) -> None:
-        if self._val_sums is None or not self._val_count:
+        if self._val_sums is None and not learn.is_distributed:
             self._val_values = None
             return
-        self._val_values = (self._val_sums / self._val_count).tolist()
+        sums = self._val_sums if self._val_sums is not None else torch.zeros(1 + len(learn.metrics),
+                                                                              device=learn.device)
+        if learn.is_distributed:  # every rank validated its shard: add them up, then average
+            both = learn.all_reduce_sum(torch.cat([sums, torch.tensor([float(self._val_count)], device=sums.device)]))
+            sums, self._val_count = both[:-1], int(both[-1].item())
+        self._val_values = (sums / self._val_count).tolist() if self._val_count else None
 
     def after_epoch(self, learn) -> None:
         self.epoch_iterations.append(learn.iteration)

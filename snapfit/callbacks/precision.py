@@ -1,0 +1,75 @@
+"""Mixed precision: ``fit(..., amp='bf16')`` or ``amp='fp16'``.
+
+The forward pass and the loss run under ``torch.autocast``; backward and the optimizer step run
+outside it. fp16 also scales the loss with ``torch.amp.GradScaler`` (published as ``learn.scaler``: the
+loop backpropagates the scaled loss, unscales the gradients before ``after_backward`` so callbacks such
+as LARS see true gradients, and steps through the scaler, which skips steps whose gradients overflowed).
+The scaler's state is part of the callback's state, hence of checkpoints. bf16 needs no scaler."""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch
+
+from ..core import Callback
+
+__all__ = ["MixedPrecision", "AMP_DTYPES"]
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class MixedPrecision(Callback):
+    """Autocast forward and loss to `dtype` (``'bf16'`` or ``'fp16'``); fp16 adds dynamic loss scaling."""
+
+    order = -1000  # enter autocast before other before_batch callbacks run on the batch
+
+    def __init__(self, dtype: str = "bf16"):
+        if dtype not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)} or None, got {dtype!r}")
+        self.dtype = dtype
+        self.scaler: Optional[torch.amp.GradScaler] = None
+        self._ctx = None
+        self._scaler_state: Optional[Dict[str, Any]] = None
+
+    def before_fit(self, learn) -> None:
+        if self.dtype == "fp16":
+            if learn._step_needs_closure_now():
+                raise ValueError("amp='fp16' cannot drive an optimizer that needs a closure (LBFGS): torch's "
+                                 "GradScaler takes no closure; use amp='bf16' or amp=None")
+            if self.scaler is None:
+                self.scaler = torch.amp.GradScaler(learn.device.type)
+                if self._scaler_state is not None:
+                    self.scaler.load_state_dict(self._scaler_state)
+            learn.scaler = self.scaler
+
+    def before_batch(self, learn) -> None:
+        self._exit()
+        self._ctx = torch.autocast(device_type=learn.device.type, dtype=AMP_DTYPES[self.dtype])
+        self._ctx.__enter__()
+
+    def after_loss(self, learn) -> None:
+        self._exit()
+
+    def after_batch(self, learn) -> None:
+        self._exit()
+
+    def cleanup_fit(self, learn) -> None:
+        self._exit()
+        learn.scaler = None
+
+    def _exit(self) -> None:
+        if self._ctx is not None:
+            ctx, self._ctx = self._ctx, None
+            ctx.__exit__(None, None, None)
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The GradScaler's state (scale, growth tracker), for checkpoints."""
+        return {"dtype": self.dtype, "scaler": self.scaler.state_dict() if self.scaler is not None else None}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore what `state_dict` saved."""
+        if state.get("scaler"):
+            if self.scaler is not None:
+                self.scaler.load_state_dict(state["scaler"])
+            else:
+                self._scaler_state = state["scaler"]
