@@ -20,7 +20,7 @@ from torch import nn
 from .data.core import DataBunch
 from .data.transforms import imagenet_stats
 from .io import atomic_write_bytes, load_file
-from .learner import Learner, TensorModel
+from .learner import Learner, TensorModel, default_device
 
 __all__ = ["load_sample_image", "RandomMultiScaleNet", "VGGFeatures", "gram", "StyleLoss", "style_learner",
            "save_image", "VGG16_STYLE_LAYERS", "VGG16_CONTENT_LAYER"]
@@ -162,19 +162,18 @@ def style_learner(content: torch.Tensor, style: torch.Tensor, weights: Optional[
             raise ValueError(f"{name} must be an image tensor shaped (3, H, W), got "
                              f"{tuple(t.shape) if torch.is_tensor(t) else type(t).__name__}")
     features = VGGFeatures(weights) if weights is not None else RandomMultiScaleNet(seed=seed)
-    dev = torch.device(device) if device is not None else None
-    if dev is not None:
-        features, content, style = features.to(dev), content.to(dev), style.to(dev)
+    dev = torch.device(device) if device is not None else default_device()
+    features, content, style = features.to(dev), content.to(dev), style.to(dev)
     loss = StyleLoss(features, content, style, content_weight, style_weight)
     g = torch.Generator().manual_seed(seed)
-    start = content.clone() if init == "content" else torch.rand(content.shape, generator=g).to(content.device)
+    start = content.clone() if init == "content" else torch.rand(content.shape, generator=g).to(dev)
     if optimizer == "lbfgs":
         opt_func = lambda groups: torch.optim.LBFGS(groups, max_iter=max_iter, history_size=50)  # noqa: E731
     else:
         opt_func = lambda groups: torch.optim.Adam(groups)  # noqa: E731
     kwargs.setdefault("progress", False)
     return Learner(TensorModel(start), DataBunch.fixed((), steps_per_epoch), loss_func=loss, opt_func=opt_func,
-                   path=path, device=device, **kwargs)
+                   path=path, device=dev, **kwargs)
 
 
 def save_image(img: torch.Tensor, path: Union[str, Path]) -> Path:

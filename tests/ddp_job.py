@@ -31,7 +31,7 @@ def main():
     data = DataBunch.from_arrays(x_trn[:n], y_trn[:n], x_val, y_val, bs=64 if single else 32, seed=3)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    learn = Learner(model, data, metrics=[accuracy], path=os.path.join(out, "run"), progress=False)
+    learn = Learner(model, data, metrics=[accuracy], path=os.path.join(out, "run"), progress=False, device="cpu")
     vals = learn.fit(0.1, 2, cycle_len=1, cycle_save_name="snap")
     tag = "single" if single else f"rank{os.environ['RANK']}"
     torch.save(learn.saved_model.state_dict(), os.path.join(out, f"{tag}.pt"))
