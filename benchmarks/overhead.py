@@ -76,7 +76,7 @@ def bench(name, bs, reps, epochs, dev, tmp):
     data, make = workload(name, bs, dev)
     torch.manual_seed(0)
     model = make().to(dev)
-    learn = Learner(model, data, loss_func=torch.nn.CrossEntropyLoss(), metrics=[accuracy], path=tmp, device=dev,
+    learn = Learner(model, data, loss_func=F.cross_entropy, metrics=[accuracy], path=tmp, device=dev,
                     opt_func=lambda ps: torch.optim.SGD(ps, momentum=0.9))
     sink = io.StringIO()
 

@@ -7,14 +7,13 @@ which uses ``torch.load(weights_only=True)``: a checkpoint is data, never code.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -56,14 +55,18 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(data: bytes, path: PathLike) -> Path:
-    """Write `data` to `path` atomically (temp file in the same folder, fsync, ``os.replace``)."""
+def atomic_write_bytes(data: Union[bytes, Callable[[Any], None]], path: PathLike) -> Path:
+    """Write `data` to `path` atomically (temp file in the same folder, fsync, ``os.replace``). `data` is
+    bytes, or a function that writes into the open binary file it is given."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -84,9 +87,7 @@ def atomic_write_bytes(data: bytes, path: PathLike) -> Path:
 
 def atomic_save(obj: Any, path: PathLike) -> Path:
     """``torch.save`` `obj` to `path` atomically; the previous file stays valid until the new one is complete."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return atomic_write_bytes(buf.getvalue(), path)
+    return atomic_write_bytes(lambda f: torch.save(obj, f), path)
 
 
 def atomic_write_json(obj: Any, path: PathLike) -> Path:

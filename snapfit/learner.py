@@ -95,7 +95,7 @@ class _DeferredInterrupt:
         return False
 
 
-_EVENT_NAMES = {u: (f"before_{u}", f"after_{u}") for u in ("fit", "epoch", "train", "validate", "batch")}
+_EVENT_NAMES = {u: (f"before_{u}", f"after_{u}") for u in ("fit", "epoch", "train", "validate")}
 
 
 def _to_channels_last(b, dev):
@@ -315,11 +315,10 @@ class Learner:
         for handler in self._handlers[event]:
             handler(self)
 
-    def _with_events(self, name: str, body: Callable[[], None], cancel: type,
-                     final: Optional[Callable[[], None]] = None, close_on_outer_cancel: bool = True) -> None:
-        """``before_<name>``, `body`, ``after_<name>``, then `final`. `cancel` ends this unit quietly; an
-        outer unit's cancel exception still closes it on its way out (unless `close_on_outer_cancel` is
-        False: a batch cut short by an epoch/fit cancel is abandoned). Errors skip the after-event."""
+    def _with_events(self, name: str, body: Callable[[], None], cancel: type) -> None:
+        """``before_<name>``, `body`, ``after_<name>``. `cancel` ends this unit quietly; an outer unit's
+        cancel exception still closes it on its way out. Errors skip the after-event. (Batches have
+        their own, leaner unit: `_one_batch`.)"""
         before, after = _EVENT_NAMES[name]
         try:
             self._fire(before)
@@ -327,14 +326,9 @@ class Learner:
         except cancel:
             pass
         except CancelException:
-            if close_on_outer_cancel:
-                self._fire(after)
-                if final:
-                    final()
+            self._fire(after)
             raise
         self._fire(after)
-        if final:
-            final()
 
     # ------------------------------------------------------------------ layer groups
     def _check_layer_groups(self, groups: Optional[Sequence[nn.Module]]) -> List[nn.Module]:
@@ -582,15 +576,20 @@ class Learner:
                 next(self._batches, None)
         self.model.train()
         self.training = True
-        self._with_events("train", self._train_batches, CancelTrainException)
+        try:
+            self._with_events("train", self._train_batches, CancelTrainException)
+        finally:
+            if skip == 0 and getattr(sampler, "start", 0):  # a resumed epoch: later epochs start at 0 again
+                sampler.set_epoch(self.epoch, 0)
 
     def _train_batches(self) -> None:
         for batch in self._batches:
             self._one_batch(batch, self._after_train_batch)
 
     def _after_train_batch(self) -> None:
-        self.iteration += 1
-        self.batch_idx += 1
+        pos = self.position
+        pos.iteration += 1
+        pos.batch_idx += 1
         if self._interrupt_pending:
             self._stop_at_boundary("train")
 
@@ -616,12 +615,34 @@ class Learner:
                 self._stop_at_boundary("validate")
 
     def _one_batch(self, batch, final: Optional[Callable[[], None]] = None) -> None:
+        """The batch unit: ``before_batch``, `_do_batch`, ``after_batch``, then `final`. A
+        CancelBatchException ends the batch (after_batch still runs, the batch counts as done); an
+        epoch or fit cancel raised inside abandons it (no after_batch, not counted). The event loops
+        are written out here: this runs once per batch."""
         self.xb, self.yb = self._split(batch)
         self.pred = self.loss = self.loss_grad = None
-        self._with_events("batch", self._do_batch, CancelBatchException, final, close_on_outer_cancel=False)
+        handlers = self._handlers
+        try:
+            for handler in handlers["before_batch"]:
+                handler(self)
+            self._do_batch()
+        except CancelBatchException:
+            pass
+        for handler in handlers["after_batch"]:
+            handler(self)
+        if final is not None:
+            final()
 
     def _split(self, batch) -> Tuple[Tuple, Tuple]:
+        """A batch as ``(inputs, targets)`` on the device: the last element is the target."""
         dev = self.device
+        if type(batch) in (list, tuple) and len(batch) == 2 and not self.channels_last:  # the common (x, y)
+            x, y = batch
+            if isinstance(x, torch.Tensor):
+                x = x.to(dev, non_blocking=True)
+            if isinstance(y, torch.Tensor):
+                y = y.to(dev, non_blocking=True)
+            return (x,), (y,)
         if isinstance(batch, (list, tuple)):
             if self.channels_last:
                 batch = [_to_channels_last(b, dev) for b in batch]
@@ -637,14 +658,18 @@ class Learner:
         return ((batch.to(dev, non_blocking=True) if torch.is_tensor(batch) else batch),), ()
 
     def _do_batch(self) -> None:
+        handlers = self._handlers
         self.pred = self.model(*self.xb)
-        self._fire("after_pred")
+        for handler in handlers["after_pred"]:
+            handler(self)
         self.loss = self.loss_grad = self.loss_func(self.pred, *self.yb)
         if not self.training:
-            self._fire("after_loss")
+            for handler in handlers["after_loss"]:
+                handler(self)
             return
         try:
-            self._fire("after_loss")
+            for handler in handlers["after_loss"]:
+                handler(self)
             scaler = self.scaler
             if scaler is None:
                 self.loss_grad.backward()
@@ -654,11 +679,13 @@ class Learner:
         except CancelBackwardException:
             pass
         try:
-            self._fire("after_backward")
+            for handler in handlers["after_backward"]:
+                handler(self)
             self._step()
         except CancelStepException:
             pass
-        self._fire("after_step")
+        for handler in handlers["after_step"]:
+            handler(self)
         self.opt.zero_grad(set_to_none=True)
 
     def _step_needs_closure_now(self) -> bool:
@@ -670,7 +697,7 @@ class Learner:
         """``opt.step()``, or for optimizers whose step needs a closure (LBFGS) ``opt.step(closure)``: the
         closure's first call returns the loss already computed (its gradients are in place), later calls
         zero the gradients and re-run forward, loss and backward without firing events."""
-        if not self._step_needs_closure_now():
+        if not (self._needs_closure if self._closure_opt is self.opt else self._step_needs_closure_now()):
             if self.scaler is None:
                 self.opt.step()
             else:  # skips the step when the gradients overflowed, then adapts the scale

@@ -157,7 +157,7 @@ def test_predict_returns_log_probabilities(digits_flat, tmp_path):
     assert (preds == y_val).mean() == pytest.approx(out[1], abs=1e-6) and out[1] > 0.8
     learn.model.train()
     test = learn.predict(is_test=True)
-    np.testing.assert_allclose(test, log_preds[:10], rtol=1e-6)
+    np.testing.assert_allclose(test, log_preds[:10], rtol=1e-5, atol=1e-5)  # other batch shapes: other BLAS sums
     assert learn.model.training, "predict restores the model's mode"
 
 

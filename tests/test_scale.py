@@ -261,4 +261,4 @@ def test_cuda_resume_from_checkpoint(tmp_path, digits):
     assert "cuda" in state["rng"] and state["position"]["iteration"] == 30
     fresh = Learner(simple_cnn(10), data, path=tmp_path, progress=False)
     vals = fresh.resume("c")
-    assert fresh.iteration == 2 * len(data.train_dl) and vals[1] > 0.8
+    assert fresh.iteration == 2 * fresh.n_batches == 2 * len(data.train_dl) and vals[1] > 0.8

@@ -20,7 +20,8 @@ class TerminateOnNaN(Callback):
     order = 55
 
     def after_batch(self, learn) -> None:
-        if learn.training:
+        rec = learn._recorder  # checked every batch, so without a property call
+        if rec is not None and rec.nonfinite_at is not None and learn.training:
             self._check(learn)
 
     def after_train(self, learn) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from typing import List, Optional
 
 from ..core import Callback
@@ -57,14 +58,20 @@ class ProgressCallback(Callback):
             valid = learn.data.valid_dl
             total = learn.n_batches + (len(valid) if valid is not None else 0)
             self._bar = make_bar(total, desc=f"epoch {learn.epoch + 1}/{learn.n_epochs}")
-            if learn.batch_idx:
-                self._bar.update(learn.batch_idx)
-            self._show_loss(learn.sched)
+            self._pending, self._last = learn.batch_idx, 0.0
+            self._flush(learn, time.monotonic())
 
     def after_batch(self, learn) -> None:
         if self._bar is None:
             return
-        self._bar.update(1)
+        self._pending += 1
+        now = time.monotonic()
+        if now - self._last >= 0.1:  # tqdm's own refresh rate: no need to call it every batch
+            self._flush(learn, now)
+
+    def _flush(self, learn, now: float) -> None:
+        self._bar.update(self._pending)
+        self._pending, self._last = 0, now
         if learn.training:
             self._show_loss(learn.sched)
 
@@ -90,5 +97,8 @@ class ProgressCallback(Callback):
 
     def _close(self) -> None:
         if self._bar is not None:
+            if self._pending:
+                self._bar.update(self._pending)
+                self._pending = 0
             self._bar.close()
             self._bar = None

@@ -7,6 +7,7 @@ validation sums are accumulated on the device and read back once per epoch."""
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -117,7 +118,7 @@ class Recorder(Callback):
 
     def after_batch(self, learn) -> None:
         if learn.training:
-            self.group_lrs.append([g["lr"] for g in learn.opt.param_groups])
+            self.group_lrs.append(list(map(_lr_of, learn.opt.param_groups)))
             loss = learn.loss
             self._pending.append(None if loss is None else loss.detach())
             if len(self._pending) >= self.sync_every or learn.sync_requested:
@@ -242,6 +243,9 @@ class Recorder(Callback):
         if self.metric_names:
             ax.legend(loc="best")
         return _done(fig)
+
+
+_lr_of = operator.itemgetter("lr")
 
 
 def _metric_name(m) -> str:

@@ -116,8 +116,11 @@ class SGDR(Schedule):
         return cycle, iteration - start, length
 
     def factor(self, iteration: int) -> float:
-        if self.warmup and iteration * 20 < self.first_cycle_len:
+        nb = self.batches_per_epoch * self.cycle_len
+        if self.warmup and iteration * 20 < nb:
             return 0.01
+        if self.cycle_mult == 1:  # the common case, without a loop
+            return 0.5 * (1.0 + math.cos(math.pi * (iteration % nb) / nb))
         _, t, length = self.locate(iteration)
         return 0.5 * (1.0 + math.cos(math.pi * t / length))
 
@@ -168,4 +171,6 @@ class ParamScheduler(Callback):
 
     def before_batch(self, learn) -> None:
         if learn.training:
-            self._apply(learn, learn.iteration)
+            f = self.schedule.factor(learn.position.iteration)
+            for g, lr in zip(learn.opt.param_groups, self.schedule.base_lrs):
+                g["lr"] = lr * f
