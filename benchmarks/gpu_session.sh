@@ -10,6 +10,7 @@ python3 -c "import torch, torchvision, sys; print(sys.version.split()[0], torch.
 step cuda_tests 150 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_scale.py -rs
 step overhead_cuda 150 python3 benchmarks/overhead.py --reps 5 --epochs 2
 step lars_overhead_cuda 60 python3 benchmarks/lars_overhead.py --reps 5 --batches 20 --bs 64
-step overhead_cpu_A 90 python3 benchmarks/overhead.py --device cpu --threads 1 --workload A --reps 9 --epochs 2
+step lars_overhead_cuda_big 90 python3 benchmarks/lars_overhead.py --reps 5 --batches 10 --bs 256 --sz 96
+step overhead_cpu_A 90 python3 benchmarks/overhead.py --device cpu --threads 1 --workload A --reps 15 --epochs 2
 step overhead_cpu_B 150 python3 benchmarks/overhead.py --device cpu --threads 1 --workload B --reps 3 --epochs 1
 step suite 240 python3 -m pytest -q -p no:cacheprovider --ignore=tests/test_notebooks.py -x
