@@ -254,11 +254,11 @@ def test_cuda_resume_from_checkpoint(tmp_path, digits):
                 raise RuntimeError("crash")
 
     torch.manual_seed(0)
-    learn = Learner(simple_cnn(10), data, path=tmp_path, progress=False)
+    learn = Learner(simple_cnn(10), data, metrics=[accuracy], path=tmp_path, progress=False)
     with pytest.raises(RuntimeError):
         learn.fit(0.1, 2, cycle_len=1, amp="fp16", checkpoint="c", checkpoint_every=10, callbacks=[Crash()])
     state = read_checkpoint(tmp_path / "models" / "c.pt")
     assert "cuda" in state["rng"] and state["position"]["iteration"] == 30
-    fresh = Learner(simple_cnn(10), data, path=tmp_path, progress=False)
+    fresh = Learner(simple_cnn(10), data, metrics=[accuracy], path=tmp_path, progress=False)
     vals = fresh.resume("c")
     assert fresh.iteration == 2 * fresh.n_batches == 2 * len(data.train_dl) and vals[1] > 0.8
