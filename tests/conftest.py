@@ -30,6 +30,24 @@ def digits_flat():
 
 
 @pytest.fixture
+def host_reads(monkeypatch):
+    """Counts reads of device values: Tensor.item/.tolist/.cpu/.numpy and torch.cuda.synchronize.
+    Reset with ``host_reads["n"] = 0``."""
+    counts = {"n": 0}
+
+    def count(real):
+        def wrapper(*a, **k):
+            counts["n"] += 1
+            return real(*a, **k)
+        return wrapper
+
+    for name in ("item", "tolist", "cpu", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, count(getattr(torch.Tensor, name)))
+    monkeypatch.setattr(torch.cuda, "synchronize", count(torch.cuda.synchronize))
+    return counts
+
+
+@pytest.fixture
 def make_learner(tmp_path):
     """Factory: a Learner on tiny data, CPU, bars off, files under tmp_path."""
     def make(data=None, model=None, **kw):

@@ -102,16 +102,9 @@ def test_plot_loss_data(make_learner):
     assert matplotlib.get_backend().lower() == "agg"
 
 
-def test_no_host_sync_per_training_batch(make_learner, monkeypatch):
+def test_no_host_sync_per_training_batch(make_learner, host_reads):
     """Reads of device values (.item/.tolist/.cpu/.numpy) do not grow with the number of batches."""
-    counts = {"n": 0}
-    for name in ("item", "tolist", "cpu", "numpy"):
-        real = getattr(torch.Tensor, name)
-
-        def counted(self, *a, _real=real, **k):
-            counts["n"] += 1
-            return _real(self, *a, **k)
-        monkeypatch.setattr(torch.Tensor, name, counted)
+    counts = host_reads
 
     def run(n_trn):
         learn = make_learner(data=small_data(n_trn=n_trn, n_val=8, bs=4))

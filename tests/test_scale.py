@@ -137,19 +137,9 @@ def test_compile_trains_and_saves_plain_weights(digits_data, tmp_path):
     torch.testing.assert_close(torch.tensor(plain.predict()), torch.tensor(learn.predict()))
 
 
-def test_reads_of_device_values_only_at_the_sync_interval_and_epoch_end(tmp_path, monkeypatch):
+def test_reads_of_device_values_only_at_the_sync_interval_and_epoch_end(tmp_path, host_reads):
     """Per batch: no .item/.cpu/.tolist/.numpy/torch.cuda.synchronize in the training hot path."""
-    counts = {"n": 0}
-
-    def count(real):
-        def wrapper(*a, **k):
-            counts["n"] += 1
-            return real(*a, **k)
-        return wrapper
-
-    for name in ("item", "tolist", "cpu", "numpy"):
-        monkeypatch.setattr(torch.Tensor, name, count(getattr(torch.Tensor, name)))
-    monkeypatch.setattr(torch.cuda, "synchronize", count(torch.cuda.synchronize))
+    counts = host_reads
 
     def run(n_batches, sync_every, epochs=2):
         learn = Learner(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)),
@@ -217,18 +207,8 @@ def test_cuda_fit_pinned_batches_amp_and_snapshots(tmp_path, digits):
 
 @cuda
 @pytest.mark.cuda
-def test_cuda_no_host_sync_per_batch(tmp_path, monkeypatch, digits):
-    counts = {"n": 0}
-
-    def count(real):
-        def wrapper(*a, **k):
-            counts["n"] += 1
-            return real(*a, **k)
-        return wrapper
-
-    for name in ("item", "tolist", "cpu", "numpy"):
-        monkeypatch.setattr(torch.Tensor, name, count(getattr(torch.Tensor, name)))
-    monkeypatch.setattr(torch.cuda, "synchronize", count(torch.cuda.synchronize))
+def test_cuda_no_host_sync_per_batch(tmp_path, host_reads, digits):
+    counts = host_reads
     x_trn, y_trn, x_val, y_val = digits
 
     def run(n):

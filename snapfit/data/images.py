@@ -256,6 +256,11 @@ class ImageClassifierData(DataBunch):
             raise ValueError(f"{val_dir} has classes that are not in {trn_dir}: {extra}")
         val = cls._folder_items(val_dir, classes, skip_bad)
         test = cls._test_items(path, test_name, skip_bad)
+        return cls._from_items(path, trn, val, test, classes, bs, tfms, num_workers, seed)
+
+    @classmethod
+    def _from_items(cls, path, trn, val, test, classes, bs, tfms, num_workers, seed) -> "ImageClassifierData":
+        """Build from ``(files, labels)`` pairs of each split (`test` may be None)."""
         trn_t, val_t = tfms
         return cls(path, ImageFileDataset(*trn, trn_t), ImageFileDataset(*val, val_t), classes, bs=bs,
                    test_ds=ImageFileDataset(*test, val_t) if test else None, tfms=tfms,
@@ -323,10 +328,7 @@ class ImageClassifierData(DataBunch):
         val = _drop_unreadable([f for f, v in zip(files, is_val) if v],
                                [y for y, v in zip(labels, is_val) if v], skip_bad)
         test = cls._test_items(path, test_name, skip_bad)
-        trn_t, val_t = tfms
-        return cls(path, ImageFileDataset(*trn, trn_t), ImageFileDataset(*val, val_t), classes, bs=bs,
-                   test_ds=ImageFileDataset(*test, val_t) if test else None, tfms=tfms,
-                   num_workers=num_workers, seed=seed)
+        return cls._from_items(path, trn, val, test, classes, bs, tfms, num_workers, seed)
 
     @classmethod
     def from_arrays(cls, path, trn, val, bs: int = 64, tfms=(None, None), classes: Optional[Sequence] = None,
