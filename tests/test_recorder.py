@@ -161,3 +161,12 @@ def test_no_validation_loader(tmp_path):
     assert math.isnan(out[0]) and len(learn.sched.val_losses) == 2
     with pytest.raises(ValueError, match="no validation loader"):
         learn.predict()
+
+
+def test_plot_metrics_data(make_learner):
+    learn = make_learner(metrics=[accuracy])
+    learn.fit(0.1, 3)
+    ax = learn.sched.plot_metrics().axes[0]
+    (line,) = ax.get_lines()
+    assert list(line.get_xdata()) == [1, 2, 3] and list(line.get_ydata()) == [m[0] for m in learn.sched.metrics]
+    assert line.get_label() == "accuracy"
