@@ -337,3 +337,11 @@ def test_checkpoint_holds_only_plain_data(tmp_path):
     assert state["opt"]["state"], "momentum buffers are saved"
     assert "recorder" in state["callbacks"] and len(state["callbacks"]["recorder"]["losses"]) == 19
     assert state["data"]["order"].shape == (600,)
+
+
+def test_checkpointing_with_a_random_sampler_warns(tmp_path):
+    x, y = torch.randn(32, 6), torch.randint(0, 2, (32,))
+    data = DataBunch(DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True), loss_func=nn.CrossEntropyLoss())
+    learn = Learner(nn.Linear(6, 2), data, path=tmp_path, progress=False, device="cpu")
+    with pytest.warns(UserWarning, match="RandomSampler draws each epoch's order from the global RNG"):
+        learn.fit(0.1, 1, checkpoint="c")

@@ -12,6 +12,7 @@ before the first remaining batch. On CPU the remaining batches give bit-identica
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any, Dict, Optional, Union
 
 import torch
@@ -91,6 +92,12 @@ class Checkpoint(Callback):
 
     # ------------------------------------------------------------------ events
     def before_fit(self, learn) -> None:
+        sampler = getattr(learn.data.train_dl, "sampler", None)
+        if self.ckpt_name and isinstance(sampler, torch.utils.data.RandomSampler):
+            warnings.warn("checkpoint=: the training loader's RandomSampler draws each epoch's order from the global "
+                          "RNG when the epoch starts, so a resume in the middle of an epoch replays a different order. "
+                          "For an exact resume use DataBunch.from_arrays / ImageClassifierData (their order is a "
+                          "function of seed and epoch) or snapfit.EpochShuffleSampler", stacklevel=2)
         self._epoch_rng = self._train_end_rng = None
         self._restore_epoch_rng = self._restore_batch_rng = None
         state, self.resume_state = self.resume_state, None
