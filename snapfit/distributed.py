@@ -23,7 +23,7 @@ from .core import Callback
 from .data.core import EpochShuffleSampler
 
 __all__ = ["torchrun_env", "init_distributed", "DistributedEpochSampler", "ShardSampler", "with_sampler",
-           "distribute_data", "DistributedTraining", "world_size", "rank"]
+           "distribute_data", "DistributedTraining"]
 
 
 def torchrun_env() -> Optional[Dict[str, int]]:
@@ -36,16 +36,6 @@ def torchrun_env() -> Optional[Dict[str, int]]:
         return None
     return {"rank": int(os.environ.get("RANK", "0")), "world_size": world,
             "local_rank": int(os.environ.get("LOCAL_RANK", "0"))}
-
-
-def world_size() -> int:
-    """Number of processes in the job (1 when not distributed)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def rank() -> int:
-    """This process's rank (0 when not distributed)."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def init_distributed(use_cuda: bool) -> Dict[str, int]:

@@ -697,7 +697,7 @@ class Learner:
         """``opt.step()``, or for optimizers whose step needs a closure (LBFGS) ``opt.step(closure)``: the
         closure's first call returns the loss already computed (its gradients are in place), later calls
         zero the gradients and re-run forward, loss and backward without firing events."""
-        if not (self._needs_closure if self._closure_opt is self.opt else self._step_needs_closure_now()):
+        if not self._step_needs_closure_now():
             if self.scaler is None:
                 self.opt.step()
             else:  # skips the step when the gradients overflowed, then adapts the scale

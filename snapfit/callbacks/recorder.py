@@ -65,6 +65,7 @@ class Recorder(Callback):
         self._ema, self._ema_n = 0.0, 0
         self._pending: List[Optional[torch.Tensor]] = []  # training losses not read back yet (None: skipped)
         self._val_sums: Optional[torch.Tensor] = None  # validation loss and metrics, summed over samples
+        self._val_values: Optional[List[float]] = None  # this epoch's [val_loss, *metrics], once read back
         self._val_count = 0
 
     @property
@@ -154,8 +155,7 @@ class Recorder(Callback):
     def after_epoch(self, learn) -> None:
         self.epoch_iterations.append(learn.iteration)
         self.trn_losses.append(self.smooth_loss)
-        vals = getattr(self, "_val_values", None)
-        self._val_values = None
+        vals, self._val_values = self._val_values, None
         if vals is None:
             vals = [float("nan")] * (1 + len(self.metric_names))
         self.val_losses.append(vals[0])

@@ -166,11 +166,10 @@ class ParamScheduler(Callback):
         self._apply(learn, learn.iteration)
 
     def _apply(self, learn, iteration: int) -> None:
-        for g, lr in zip(learn.opt.param_groups, self.schedule.lrs_at(iteration)):
-            g["lr"] = lr
+        f = self.schedule.factor(iteration)
+        for g, lr in zip(learn.opt.param_groups, self.schedule.base_lrs):
+            g["lr"] = lr * f
 
     def before_batch(self, learn) -> None:
         if learn.training:
-            f = self.schedule.factor(learn.position.iteration)
-            for g, lr in zip(learn.opt.param_groups, self.schedule.base_lrs):
-                g["lr"] = lr * f
+            self._apply(learn, learn.position.iteration)
