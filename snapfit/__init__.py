@@ -16,6 +16,7 @@ from .callbacks import (
     update_bn,
 )
 from .callbacks.lr_finder import SuggestedLRs
+from .conv_learner import ConvLearner
 from .core import (
     Callback,
     CancelBackwardException,
@@ -38,15 +39,19 @@ from .data import (
     transforms_side_on,
     transforms_top_down,
 )
-from .learner import Learner, Position, default_device
+from .distributed import default_device
+from .fit_args import FitArgs
+from .learner import Learner
 from .metrics import accuracy, accuracy_np, error_rate
-from .models import AdaptiveConcatPool2d, ConvLearner, mlp, simple_cnn
+from .models import AdaptiveConcatPool2d, TensorModel, mlp, simple_cnn
 from .plots import confusion_matrix, plot_confusion_matrix
+from .position import Position
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Learner", "Position", "DataBunch", "EpochShuffleSampler", "load_digits_arrays", "default_device",
+    "Learner", "Position", "FitArgs", "TensorModel", "DataBunch", "EpochShuffleSampler", "load_digits_arrays",
+    "default_device",
     "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "CancelTrainException",
     "CancelValidException", "CancelBackwardException", "CancelStepException",
     "SGDR", "ConstantLR", "StepDecay", "Schedule", "ParamScheduler", "CycleSnapshot", "Recorder", "ProgressCallback",

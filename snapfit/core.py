@@ -1,9 +1,34 @@
-"""The small core every callback depends on: the `Callback` base class, the event names and
-the control-flow exceptions. Callbacks import only this module; they reach the learner
-through the object passed to each event."""
+"""The vocabulary of the loop: the `Callback` base class, the event names and the control-flow exceptions.
+
+Callbacks never import the learner: they get it as the argument of each event and read its documented
+public attributes (``learn.position``, ``learn.loss``, ``learn.opt``, ``learn.recorder`` ...). They may
+import this module and the modules of what they build on (``position``, ``io``, ``plots``, ...).
+
+The callbacks snapfit installs, by `order` (lower runs first in every event; ties keep insertion order):
+
+=====  ======================  ============================================================================
+order  callback                why there
+=====  ======================  ============================================================================
+-900   DistributedTraining     wraps the model in DDP before anyone else sees it (torchrun only)
+ -50   FreezeBatchNorm         puts frozen BatchNorm layers in eval mode right after ``model.train()``
+ -20   ParamScheduler          sets the batch's LRs before any other before_batch handler reads them
+  10   LARS                    rescales gradients in after_backward, before anything steps
+  40   LRFinder                reads the loss before the recorder and stops the range test
+  50   Recorder                appends the batch's LR and loss; closes each epoch's history
+  55   TerminateOnNaN          stops on a non-finite loss the recorder read back, before any file is written
+  60   ProgressCallback        shows what the recorder holds once it has closed the epoch
+  70   CycleSnapshot           saves after the epoch's validation was recorded
+  75   SWA                     averages the epoch's weights
+  80   Checkpoint              writes once every stateful callback above has finished the event
+ 900   MixedPrecision          last in after_loss / after_backward: scaled backward, then the scaler's step
+ 900   ClosureStep             last in after_backward: ``opt.step(closure)`` for LBFGS-style optimizers
+1000   Resume                  restores callback state after every before_fit; RNG last in the epoch events
+1100   DeferredInterrupt       last in after_batch: Ctrl-C stops at a batch boundary, after the checkpoint
+=====  ======================  ============================================================================
+"""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 __all__ = [
     "EVENTS", "Callback", "CancelFitException", "CancelEpochException", "CancelTrainException",
@@ -48,29 +73,22 @@ class CancelBatchException(CancelException):
 
 
 class CancelBackwardException(CancelException):
-    """Raised in `after_loss` by a callback that ran the backward pass itself."""
+    """Raised in `after_loss` by a callback that ran the backward pass itself (MixedPrecision)."""
 
 
 class CancelStepException(CancelException):
-    """Raised in `after_backward` by a callback that stepped the optimizer itself (e.g. AMP)."""
+    """Raised in `after_backward` by a callback that stepped the optimizer itself (MixedPrecision,
+    ClosureStep); `after_step` still runs."""
 
 
 class Callback:
-    """Base class of every callback: define any of the methods named in `EVENTS`, each taking
-    the learner as its only argument. Callbacks run in ascending `order` (ties: insertion order)."""
+    """Base class of every callback: define any of the methods named in `EVENTS`, each taking the learner as
+    its only argument. Callbacks run in ascending `order` (ties: insertion order). A callback whose state
+    must survive a resume defines `state_dict`/`load_state_dict` and a stable `state_key`: checkpoints
+    store its state under that key, so renaming the class does not break old checkpoints."""
 
     order: int = 0
-
-    @property
-    def name(self) -> str:
-        """Snake-case name of the callback's class (``LARS`` -> ``lars``, ``CycleSnapshot`` -> ``cycle_snapshot``)."""
-        cls = type(self).__name__
-        out = []
-        for i, ch in enumerate(cls):
-            if ch.isupper() and i and (not cls[i - 1].isupper() or (i + 1 < len(cls) and cls[i + 1].islower())):
-                out.append("_")
-            out.append(ch.lower())
-        return "".join(out)
+    state_key: Optional[str] = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(order={self.order})"

@@ -13,7 +13,7 @@ import atexit
 import copy
 import math
 import os
-from typing import Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -21,9 +21,33 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from .core import Callback
 from .data.core import EpochShuffleSampler
+from .optim import needs_closure
 
-__all__ = ["torchrun_env", "init_distributed", "DistributedEpochSampler", "ShardSampler", "with_sampler",
-           "distribute_data", "DistributedTraining"]
+__all__ = ["default_device", "prepare", "torchrun_env", "init_distributed", "is_distributed", "is_main_process",
+           "all_reduce_sum", "barrier", "DistributedEpochSampler", "ShardSampler", "with_sampler", "distribute_data",
+           "DistributedTraining"]
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def prepare(device: Union[str, torch.device, None], data) -> Tuple[torch.device, Any, List[Callback]]:
+    """A learner's device, data and extra callbacks. Alone: `device` (default: CUDA when available), `data`
+    as given. Under torchrun: ``cuda:LOCAL_RANK`` (or the CPU), the process group initialised, the data
+    sharded across the ranks, and `DistributedTraining`."""
+    env = torchrun_env()
+    if env is not None and device is None:
+        device = f"cuda:{env['local_rank']}" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device) if device is not None else default_device()
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available; pass device='cpu' or leave it None")
+    if env is None:
+        return dev, data, []
+    init_distributed(dev.type == "cuda")
+    ddp = DistributedTraining(device_ids=[dev.index] if dev.type == "cuda" else None)
+    return dev, distribute_data(data, env["rank"], env["world_size"]), [ddp]
 
 
 def torchrun_env() -> Optional[Dict[str, int]]:
@@ -55,6 +79,29 @@ def init_distributed(use_cuda: bool) -> Dict[str, int]:
 def _destroy() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def is_distributed() -> bool:
+    """True inside a torch.distributed job of more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def is_main_process() -> bool:
+    """False on every rank but 0 of a torch.distributed job: only the main process writes files and prints."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum `t` over the processes of a torch.distributed job, in place (identity otherwise)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def barrier() -> None:
+    """Wait for every process of a torch.distributed job (no-op otherwise)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 class DistributedEpochSampler(DistributedSampler):
@@ -152,7 +199,7 @@ class DistributedTraining(Callback):
         self._plain = self._ddp = None
 
     def before_fit(self, learn) -> None:
-        if learn._step_needs_closure_now():
+        if needs_closure(learn.opt):
             raise ValueError("optimizers that need a closure (LBFGS) are not supported under torchrun: their "
                              "line searches would take different numbers of steps on different ranks")
         from torch.nn.parallel import DistributedDataParallel as DDP

@@ -20,7 +20,7 @@ from torch import nn
 
 __all__ = [
     "atomic_save", "atomic_write_bytes", "atomic_write_json", "load_file", "check_name",
-    "check_state_dict", "unwrap_model", "DamagedFileError",
+    "check_state_dict", "load_state", "load_weights", "unwrap_model", "DamagedFileError",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -186,3 +186,14 @@ def check_state_dict(model: nn.Module, state: Mapping[str, Any], source: Optiona
     raise ValueError(
         f"the state dict{where} does not match the model ({type(unwrap_model(model)).__name__}): "
         + "; ".join(parts) + ". Was it saved from a different architecture?")
+
+
+def load_state(model: nn.Module, state: Mapping[str, Any], source: Optional[str] = None) -> None:
+    """Load the state dict `state` into `model` (under any wrapper) after `check_state_dict` found it fits."""
+    check_state_dict(model, state, source=source)
+    unwrap_model(model).load_state_dict(state)
+
+
+def load_weights(model: nn.Module, path: PathLike, map_location: Any = None) -> None:
+    """Load the weights file `path` (`load_file`: weights only) into `model`; a mismatch names the keys."""
+    load_state(model, load_file(path, map_location=map_location), source=str(path))

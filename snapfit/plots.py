@@ -1,13 +1,30 @@
-"""Plots for results: the confusion matrix (fastai 0.7's ``plots.plot_confusion_matrix``)."""
+"""Plotting helpers shared by every plot snapfit draws (recorder, LR finder, LARS), and the confusion
+matrix (fastai 0.7's ``plots.plot_confusion_matrix``)."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from .callbacks.recorder import _done, _fig_ax
+__all__ = ["new_figure", "finish_figure", "confusion_matrix", "plot_confusion_matrix"]
 
-__all__ = ["confusion_matrix", "plot_confusion_matrix"]
+
+def new_figure(ax=None, figsize: Tuple[float, float] = (7, 4)):
+    """``(fig, ax)``: the given matplotlib axes and its figure, or a new figure with one axes."""
+    import matplotlib.pyplot as plt
+
+    if ax is not None:
+        return ax.figure, ax
+    return plt.subplots(figsize=figsize)
+
+
+def finish_figure(fig):
+    """Lay out `fig` and detach it from pyplot, so Jupyter shows the returned Figure once (not twice)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
 
 
 def confusion_matrix(targs, preds, n_classes: Optional[int] = None) -> np.ndarray:
@@ -30,7 +47,7 @@ def plot_confusion_matrix(cm: np.ndarray, classes: Optional[Sequence] = None, no
     cm = np.asarray(cm)
     shown = cm / np.maximum(cm.sum(1, keepdims=True), 1) if normalize else cm
     classes = list(classes) if classes is not None else list(range(len(cm)))
-    fig, ax = _fig_ax(ax, figsize=(1.5 + 0.5 * len(classes), 1 + 0.5 * len(classes)))
+    fig, ax = new_figure(ax, figsize=(1.5 + 0.5 * len(classes), 1 + 0.5 * len(classes)))
     ax.imshow(shown, interpolation="nearest", cmap=cmap)
     ax.set_title(title)
     ax.set_xticks(range(len(classes)), [str(c) for c in classes], rotation=45)
@@ -43,4 +60,4 @@ def plot_confusion_matrix(cm: np.ndarray, classes: Optional[Sequence] = None, no
                     color="white" if shown[i, j] > thresh else "black")
     ax.set_ylabel("true label")
     ax.set_xlabel("predicted label")
-    return _done(fig)
+    return finish_figure(fig)

@@ -7,15 +7,52 @@ Everything streams: one snapshot is in memory at a time, whatever their number."
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from .callbacks.swa import update_bn
-from .io import check_state_dict, load_file
+from . import batchnorm
+from .checks import check_int, is_int
+from .io import check_name, check_state_dict, load_file, load_state
+from .predict import eval_loader
 
-__all__ = ["list_snapshots", "resolve_cycles", "predict_snapshots", "average_snapshots", "softmax_np"]
+__all__ = ["snapshot_name", "saved_cycles", "load_cycle", "list_snapshots", "resolve_cycles", "predict_snapshots",
+           "average_snapshots", "softmax_np"]
+
+
+def snapshot_name(name: str, cycle: int) -> str:
+    """The file stem of the snapshot of cycle `cycle` of a fit with ``cycle_save_name=name``: ``{name}_cyc_{cycle}``
+    (fastai 0.7's naming), saved as ``{path}/{model_dir}/{name}_cyc_{cycle}.pt``."""
+    return f"{name}_cyc_{cycle}"
+
+
+def saved_cycles(learn, name: str) -> List[int]:
+    """Cycle indices saved under `name` (files ``{name}_cyc_{i}.pt`` in ``learn.models_path``), ascending."""
+    pattern = re.compile(re.escape(snapshot_name(check_name(name), "")) + r"(\d+)\.pt$")
+    if not learn.models_path.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in learn.models_path.iterdir() if (m := pattern.fullmatch(p.name)))
+
+
+def load_cycle(learn, name: str, cycle: int):
+    """Load the snapshot saved at the end of cycle `cycle` of a fit with ``cycle_save_name=name`` (a missing one
+    lists the saved cycles); returns the learner."""
+    check_int("cycle", cycle, minimum=0)
+    path = learn.model_file(snapshot_name(name, cycle))
+    if not path.is_file():
+        saved = saved_cycles(learn, name)
+        have = f"saved cycles of {name!r}: {saved}" if saved else f"no cycles of {name!r} are saved"
+        raise FileNotFoundError(f"cycle {cycle} of {name!r} was never saved in {learn.models_path} ({have})")
+    learn.barrier()  # under torchrun: rank 0 has finished writing
+    _load_snapshot(learn, name, cycle)
+    return learn
+
+
+def _load_snapshot(learn, name: str, cycle: int) -> None:
+    path = learn.model_file(snapshot_name(name, cycle))
+    load_state(learn.saved_model, load_file(path, map_location=learn.device), source=str(path))
 
 
 def softmax_np(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -29,8 +66,8 @@ def list_snapshots(learn, name: str) -> List[Dict[str, Any]]:
     """One record per saved cycle of `name`: ``cycle``, ``file`` and, from the JSON sidecar written at
     save time, ``epoch``, ``iteration``, ``val_loss`` and ``metrics`` (None when there is no sidecar)."""
     out = []
-    for c in learn.saved_cycles(name):
-        f = learn.model_file(f"{name}_cyc_{c}")
+    for c in saved_cycles(learn, name):
+        f = learn.model_file(snapshot_name(name, c))
         rec = {"cycle": c, "file": str(f), "epoch": None, "iteration": None, "val_loss": None, "metrics": None}
         side = f.with_suffix(".json")
         if side.is_file():
@@ -45,10 +82,11 @@ def list_snapshots(learn, name: str) -> List[Dict[str, Any]]:
 
 def resolve_cycles(learn, name: str, cycles: Optional[Sequence[int]] = None, last: Optional[int] = None) -> List[int]:
     """The cycles to use: `cycles` as given (each must be saved), the `last` M saved ones, or all."""
-    saved = learn.saved_cycles(name)
+    saved = saved_cycles(learn, name)
     if not saved:
-        raise FileNotFoundError(f"no snapshots named {name!r} in {learn.models_path} (files {name}_cyc_<i>.pt are "
-                                "written by fit(..., cycle_len=..., cycle_save_name=name))")
+        raise FileNotFoundError(f"no snapshots named {name!r} in {learn.models_path} (files "
+                                f"{snapshot_name(name, '<i>')}.pt are written by fit(..., cycle_len=..., "
+                                "cycle_save_name=name))")
     if cycles is not None and last is not None:
         raise ValueError("pass cycles or last, not both")
     if cycles is not None:
@@ -60,17 +98,10 @@ def resolve_cycles(learn, name: str, cycles: Optional[Sequence[int]] = None, las
             raise ValueError(f"cycle {bad[0]} of {name!r} was never saved; saved cycles: {saved}")
         return cycles
     if last is not None:
-        if isinstance(last, bool) or not isinstance(last, int) or not 1 <= last <= len(saved):
+        if not is_int(last) or not 1 <= last <= len(saved):
             raise ValueError(f"last must be an int in [1, {len(saved)}] (the number of saved cycles), got {last!r}")
         return saved[-last:]
     return saved
-
-
-def _load_snapshot(learn, name: str, cycle: int) -> None:
-    path = learn.model_file(f"{name}_cyc_{cycle}")
-    state = load_file(path, map_location=learn.device)
-    check_state_dict(learn.saved_model, state, source=str(path))
-    learn.saved_model.load_state_dict(state)
 
 
 def predict_snapshots(learn, name: str, cycles: Optional[Sequence[int]] = None, dl=None, last: Optional[int] = None,
@@ -82,7 +113,7 @@ def predict_snapshots(learn, name: str, cycles: Optional[Sequence[int]] = None, 
     averaged over the plain and `n_aug` augmented passes."""
     chosen = resolve_cycles(learn, name, cycles, last)
     if dl is None and not tta:
-        dl = learn._loader(is_test)
+        dl = eval_loader(learn.data, is_test)
     if tta and dl is not None:
         raise ValueError("tta=True predicts on the data's own validation/test images; it takes no dl")
     backup = {k: v.detach().clone() for k, v in learn.saved_model.state_dict().items()}
@@ -117,16 +148,16 @@ def _accumulate(avg: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor], n:
             avg[k] += (v.double() - avg[k]) / (n + 1)
 
 
-def average_snapshots(learn, name: str, cycles: Optional[Sequence[int]] = None, update_bn_stats: bool = True,
-                      save_as: Optional[str] = None, last: Optional[int] = None) -> None:
-    """Put the element-wise mean of the snapshots' weights into the learner's model (a running mean in
-    float64, one snapshot in memory at a time), then, with `update_bn_stats`, recompute BatchNorm
-    statistics over the training data; `save_as` also saves the result under that name."""
+def average_snapshots(learn, name: str, cycles: Optional[Sequence[int]] = None, update_bn: bool = True,
+                      save_as: Optional[str] = None, last: Optional[int] = None):
+    """Put the element-wise mean of the chosen snapshots' weights (all, the `last` M, or `cycles`) into the
+    learner's model (a running mean in float64, one snapshot in memory at a time), then, with `update_bn`,
+    recompute BatchNorm statistics over the training data; `save_as` also saves the result. Returns the learner."""
     chosen = resolve_cycles(learn, name, cycles, last)
     model = learn.saved_model
     avg: Dict[str, torch.Tensor] = {}
     for n, c in enumerate(chosen):
-        path = learn.model_file(f"{name}_cyc_{c}")
+        path = learn.model_file(snapshot_name(name, c))
         state = load_file(path, map_location=learn.device)
         check_state_dict(model, state, source=str(path))
         _accumulate(avg, state, n)
@@ -134,7 +165,8 @@ def average_snapshots(learn, name: str, cycles: Optional[Sequence[int]] = None, 
     own = model.state_dict()
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in avg.items()})
     del avg
-    if update_bn_stats:
-        update_bn(model, learn.data.train_dl, lambda b: learn._split(b)[0])
+    if update_bn:
+        batchnorm.update_bn(model, learn.data.train_dl, lambda b: learn.to_device(b)[0])
     if save_as is not None:
         learn.save(save_as)
+    return learn

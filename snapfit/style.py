@@ -19,8 +19,10 @@ from torch import nn
 
 from .data.core import DataBunch
 from .data.transforms import imagenet_stats
+from .distributed import default_device
 from .io import atomic_write_bytes, load_file
-from .learner import Learner, TensorModel, default_device
+from .learner import Learner
+from .models.tensor import TensorModel
 
 __all__ = ["load_sample_image", "RandomMultiScaleNet", "VGGFeatures", "gram", "StyleLoss", "style_learner",
            "save_image", "VGG16_STYLE_LAYERS", "VGG16_CONTENT_LAYER"]

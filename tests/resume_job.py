@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from snapfit import Callback, DataBunch, Learner, accuracy, load_digits_arrays
+from tests.helpers import CrashAt
 
 FIT = dict(lrs=0.05, n_cycle=3, cycle_len=1, cycle_mult=2, cycle_save_name="snap")
 BATCHES_PER_EPOCH = 19  # 600 samples, bs 32
@@ -39,15 +40,11 @@ class NoisyAugment(Callback):
             learn.xb = (x * scale + shift + 0.02 * torch.randn_like(x),)
 
 
-class KillAt(Callback):
+class KillAt(CrashAt):
     """SIGKILL this process when training batch `iteration` starts (no cleanup of any kind)."""
 
-    def __init__(self, iteration):
-        self.iteration = iteration
-
-    def before_batch(self, learn):
-        if learn.training and learn.iteration == self.iteration:
-            os.kill(os.getpid(), signal.SIGKILL)
+    def crash(self, learn):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def build(out, seed=0):

@@ -6,8 +6,8 @@ from torch import nn
 from torchvision.models import densenet121, mobilenet_v2, resnet18
 
 from snapfit import ConvLearner, ImageClassifierData, accuracy_np, tfms_from_model, transforms_basic
+from snapfit.conv_learner import AdaptiveConcatPool2d, pretrained_weights_file
 from snapfit.data import export_digits_images
-from snapfit.models.conv_learner import AdaptiveConcatPool2d, pretrained_weights_file
 
 
 @pytest.fixture(scope="module")

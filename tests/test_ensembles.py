@@ -12,6 +12,7 @@ from torch.optim.swa_utils import update_bn as torch_update_bn
 from snapfit import SWA, Callback, DataBunch, ImageClassifierData, Learner, accuracy, simple_cnn, tfms_from_stats
 from snapfit import snapshots as snapshots_module
 from snapfit.snapshots import softmax_np
+from tests.helpers import CrashAt
 
 
 @pytest.fixture
@@ -158,14 +159,9 @@ def test_swa_survives_a_resume(digits, tmp_path):
     ref = make(0)
     ref.fit(0.05, 4, use_swa=True, swa_start=2)
 
-    class Crash(Callback):
-        def before_batch(self, learn):
-            if learn.training and learn.iteration == 30:
-                raise RuntimeError("crash")
-
     a = make(0)
     with pytest.raises(RuntimeError):
-        a.fit(0.05, 4, use_swa=True, swa_start=2, checkpoint="c", checkpoint_every=5, callbacks=[Crash()])
+        a.fit(0.05, 4, use_swa=True, swa_start=2, checkpoint="c", checkpoint_every=5, callbacks=[CrashAt(30)])
     b = make(1)
     b.resume("c")
     for k, v in ref.swa_model.state_dict().items():

@@ -26,6 +26,7 @@ from snapfit import (
 from snapfit.callbacks.checkpoint import read_checkpoint
 from snapfit.io import DamagedFileError
 from tests import resume_job
+from tests.helpers import CrashAt
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -130,7 +131,7 @@ def test_ctrl_c_stops_at_the_batch_boundary_and_writes_a_checkpoint(tmp_path, in
     assert learn.iteration == 44 and learn.interrupted == "train"
     assert "continue with learn.resume('ckpt')" in capsys.readouterr().err
     state = read_checkpoint(tmp_path / "models" / "ckpt.pt")
-    assert state["position"] == dict(epoch=2, batch_idx=6, iteration=44, n_epochs=7, n_batches=19)
+    assert state["position"] == dict(epoch=2, batch_idx=6, iteration=44, n_epochs=7, n_batches=19, stage="train")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the SIGINT handler is restored"
     # the same learner stays usable, and a fresh one resumes bit-identically
     fresh = resume_job.build(str(tmp_path), seed=99)
@@ -179,13 +180,9 @@ def test_checkpoint_cadence(tmp_path, every, expected):
 def test_epoch_checkpoint_resume_and_completed_fit(tmp_path, in_process_reference):
     learn = resume_job.build(str(tmp_path))
 
-    class Crash(Callback):
-        def before_batch(self, learn):
-            if learn.iteration == 60:
-                raise RuntimeError("power cut")
-
     with pytest.raises(RuntimeError, match="power cut"):
-        learn.fit(**resume_job.FIT, checkpoint="ckpt", checkpoint_every="epoch", callbacks=[Crash()])
+        learn.fit(**resume_job.FIT, checkpoint="ckpt", checkpoint_every="epoch",
+                  callbacks=[CrashAt(60, RuntimeError("power cut"))])
     assert read_checkpoint(tmp_path / "models" / "ckpt.pt")["position"]["epoch"] == 3
     fresh = resume_job.build(str(tmp_path), seed=7)
     out = fresh.resume("ckpt")
@@ -208,15 +205,6 @@ def test_resume_through_fit_checks_the_arguments(tmp_path):
         learn.fit(0.05, 2, cycle_len=2, resume="ckpt")
     learn.fit(0.05, 2, cycle_len=1, resume="ckpt")  # same arguments: continues
     assert learn.iteration == 38
-
-
-class CrashAt(Callback):
-    def __init__(self, it):
-        self.it = it
-
-    def before_batch(self, learn):
-        if learn.training and learn.iteration == self.it:
-            raise RuntimeError("crash")
 
 
 def test_plain_dataloader_resumes_by_skipping(tmp_path):
@@ -332,7 +320,8 @@ def test_checkpoint_holds_only_plain_data(tmp_path):
     learn = resume_job.build(str(tmp_path))
     learn.fit(0.05, 1, checkpoint="c", checkpoint_every=4)
     state = torch.load(tmp_path / "models" / "c.pt", weights_only=True)
-    assert set(state) >= {"model", "opt", "position", "fit_args", "callbacks", "rng", "rng_epoch_start", "data"}
+    assert set(state) == {"format", "version", "torch_version", "model", "opt", "position", "fit_args", "callbacks",
+                          "rng", "data"}
     assert set(state["rng"]) >= {"torch", "python", "numpy"}
     assert state["opt"]["state"], "momentum buffers are saved"
     assert "recorder" in state["callbacks"] and len(state["callbacks"]["recorder"]["losses"]) == 19

@@ -12,7 +12,7 @@ from torch import nn
 from snapfit import Callback, DataBunch, Learner, accuracy, simple_cnn
 from snapfit.callbacks.checkpoint import read_checkpoint
 from snapfit.callbacks.lars import LARS
-from tests.helpers import small_data
+from tests.helpers import CrashAt, small_data
 
 ROOT = Path(__file__).resolve().parent.parent
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -228,15 +228,10 @@ def test_cuda_resume_from_checkpoint(tmp_path, digits):
     x_trn, y_trn, x_val, y_val = digits
     data = DataBunch.from_arrays(x_trn, y_trn, x_val, y_val, bs=64)
 
-    class Crash(Callback):
-        def before_batch(self, learn):
-            if learn.training and learn.iteration == 30:
-                raise RuntimeError("crash")
-
     torch.manual_seed(0)
     learn = Learner(simple_cnn(10), data, metrics=[accuracy], path=tmp_path, progress=False)
     with pytest.raises(RuntimeError):
-        learn.fit(0.1, 2, cycle_len=1, amp="fp16", checkpoint="c", checkpoint_every=10, callbacks=[Crash()])
+        learn.fit(0.1, 2, cycle_len=1, amp="fp16", checkpoint="c", checkpoint_every=10, callbacks=[CrashAt(30)])
     state = read_checkpoint(tmp_path / "models" / "c.pt")
     assert "cuda" in state["rng"] and state["position"]["iteration"] == 30
     fresh = Learner(simple_cnn(10), data, metrics=[accuracy], path=tmp_path, progress=False)

@@ -1,6 +1,9 @@
 """Callbacks: one capability per module."""
 from .checkpoint import Checkpoint, read_checkpoint
+from .freeze import FreezeBatchNorm
+from .interrupt import DeferredInterrupt
 from .nan import NonFiniteLossError, TerminateOnNaN
+from .precision import MixedPrecision
 from .progress import ProgressCallback
 from .recorder import Recorder
 from .schedule import SGDR, ConstantLR, ParamScheduler, Schedule, StepDecay
@@ -8,6 +11,7 @@ from .snapshot import CycleSnapshot
 from .swa import SWA, update_bn
 
 __all__ = [
-    "Checkpoint", "read_checkpoint", "NonFiniteLossError", "TerminateOnNaN", "ProgressCallback", "Recorder",
-    "SGDR", "ConstantLR", "StepDecay", "ParamScheduler", "Schedule", "CycleSnapshot", "SWA", "update_bn",
+    "Checkpoint", "read_checkpoint", "FreezeBatchNorm", "DeferredInterrupt", "NonFiniteLossError", "TerminateOnNaN",
+    "MixedPrecision", "ProgressCallback", "Recorder", "SGDR", "ConstantLR", "StepDecay", "ParamScheduler", "Schedule",
+    "CycleSnapshot", "SWA", "update_bn",
 ]

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checks import check_int
 from ..core import Callback
+from ..plots import finish_figure, new_figure
 
 __all__ = ["LARS", "default_lars_exclude"]
 
@@ -36,14 +38,14 @@ class LARS(Callback):
     batches (None: at the last batch of each epoch) for ``learn.sched.plot_lars()``."""
 
     order = 10  # in after_backward, before callbacks that step the optimizer themselves
+    state_key = "lars"
 
     def __init__(self, trust_coef: float = 0.001, eps: float = 1e-8, clip: bool = False,
                  exclude: Optional[Callable[[str, nn.Parameter], bool]] = None, record_every: Optional[int] = None):
         if not trust_coef > 0:
             raise ValueError(f"trust_coef must be > 0, got {trust_coef!r}")
-        if record_every is not None and (isinstance(record_every, bool) or not isinstance(record_every, int)
-                                         or record_every < 1):
-            raise ValueError(f"record_every must be a positive int or None (once per epoch), got {record_every!r}")
+        if record_every is not None:
+            check_int("record_every", record_every, what="a positive int or None (once per epoch)")
         self.trust_coef, self.eps, self.clip = float(trust_coef), float(eps), bool(clip)
         self.exclude = exclude or default_lars_exclude
         self.record_every = record_every
@@ -51,6 +53,7 @@ class LARS(Callback):
         self.iterations: List[int] = []
         self.history: List[List[float]] = []
         self._pending: list = []
+        self._last: Optional[List[Optional[torch.Tensor]]] = None  # this batch's ratios, until after_batch
 
     def before_fit(self, learn) -> None:
         named = dict((id(p), n) for n, p in learn.saved_model.named_parameters())
@@ -61,10 +64,8 @@ class LARS(Callback):
             exc = [p for p in g["params"] if self.exclude(named.get(id(p), ""), p)]
             self._groups.append((g, inc, exc))
             self.names += [named.get(id(p), f"param{len(self.names)}") for p in inc]
-        self.iterations, self.history, self._pending = [], [], []
+        self.iterations, self.history, self._pending, self._last = [], [], [], None
         self._saved_wd: Dict[int, float] = {}
-        if learn.sched is not None:
-            learn.sched.lars = self
 
     def ratios(self, learn) -> List[Optional[torch.Tensor]]:
         """Compute the trust ratio of every included tensor (one device tensor per param group) and fold
@@ -95,24 +96,27 @@ class LARS(Callback):
     def after_backward(self, learn) -> None:
         if not learn.training:
             return
-        ratios = self.ratios(learn)
+        self._last = self.ratios(learn)
         for g, _, _ in self._groups:  # weight decay is folded into the gradients: hide it from the step
             if "weight_decay" in g:
                 self._saved_wd[id(g)] = g["weight_decay"]
                 g["weight_decay"] = 0.0
-        last_of_epoch = learn.batch_idx == learn.n_batches - 1
-        due = (learn.iteration + 1) % self.record_every == 0 if self.record_every else last_of_epoch
-        if due:
-            flat = [r for r in ratios if r is not None]
-            self._pending.append((learn.iteration, torch.cat(flat).detach().clone() if flat else None))
 
     def after_step(self, learn) -> None:
         for g, _, _ in self._groups:
             if id(g) in self._saved_wd:
                 g["weight_decay"] = self._saved_wd.pop(id(g))
 
-    def after_batch(self, learn) -> None:  # restore weight decay also when the step was skipped
-        self.after_step(learn)
+    def after_batch(self, learn) -> None:
+        self.after_step(learn)  # restore weight decay also when the step was skipped
+        ratios, self._last = self._last, None
+        if ratios is None or not learn.training:
+            return
+        pos = learn.position
+        due = pos.iters_done % self.record_every == 0 if self.record_every else pos.batches_done == pos.n_batches
+        if due:  # kept on the device until the epoch ends
+            flat = [r for r in ratios if r is not None]
+            self._pending.append((pos.iteration, torch.cat(flat) if flat else None))
 
     def after_epoch(self, learn) -> None:
         self._read_back()
@@ -129,9 +133,7 @@ class LARS(Callback):
 
     def plot(self, ax=None, max_layers: int = 12):
         """Trust ratio of each included tensor against iteration (log scale). Returns the Figure."""
-        from .recorder import _done, _fig_ax
-
-        fig, ax = _fig_ax(ax)
+        fig, ax = new_figure(ax)
         h = np.asarray(self.history, dtype=float)
         if h.size:
             idx = np.linspace(0, h.shape[1] - 1, min(max_layers, h.shape[1])).round().astype(int)
@@ -141,7 +143,7 @@ class LARS(Callback):
             ax.legend(loc="best", fontsize=7)
         ax.set_xlabel("iteration")
         ax.set_ylabel("LARS trust ratio" + (" (clipped: min(ratio/lr, 1))" if self.clip else ""))
-        return _done(fig)
+        return finish_figure(fig)
 
     def state_dict(self):
         """The recorded ratios (for checkpoints)."""

@@ -9,17 +9,20 @@ the recorder of earlier fits are put back exactly as they were. Losses are read 
 """
 from __future__ import annotations
 
-import copy
 import math
 from typing import List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
 
+from ..checks import check_int, per_group
 from ..core import Callback, CancelFitException, CancelValidException
-from ..rng import get_rng_states, set_rng_states
+from ..data.core import n_train_batches
+from ..plots import finish_figure, new_figure
+from ..position import Position
+from ..resume import preserved_state
+from ..smoothing import DebiasedEMA, smooth
 from .precision import MixedPrecision
-from .recorder import _done, _fig_ax, smooth
 from .schedule import ParamScheduler, Schedule
 
 __all__ = ["LRRangeSchedule", "LRFinder", "LRFinderResult", "SuggestedLRs", "lr_find"]
@@ -74,7 +77,7 @@ class LRFinderResult:
 
     def plot(self, n_skip: int = 10, n_skip_end: int = 5, ax=None, show_suggestion: bool = True):
         """Smoothed (and raw) training loss against LR on a log axis, the suggested LR marked. Returns the Figure."""
-        fig, ax = _fig_ax(ax)
+        fig, ax = new_figure(ax)
         n = len(self.lrs)
         sl = slice(n_skip, n - n_skip_end) if n - n_skip - n_skip_end >= 3 else slice(0, n)
         ax.plot(self.lrs[sl], self.losses[sl], alpha=0.3, label="loss")
@@ -89,7 +92,7 @@ class LRFinderResult:
                 ax.plot([s.steep], [y], "ro", label=f"steepest: {s.steep:.2e}")
                 ax.axvline(s.min_div10, color="grey", ls=":", label=f"min/10: {s.min_div10:.2e}")
         ax.legend(loc="best")
-        return _done(fig)
+        return finish_figure(fig)
 
 
 class LRFinder(Callback):
@@ -106,19 +109,19 @@ class LRFinder(Callback):
 
     def before_fit(self, learn) -> None:
         self._buf = None
-        self._avg, self._n, self._best = 0.0, 0, math.inf
+        self._ema, self._best = DebiasedEMA(self.beta), math.inf
 
     def after_loss(self, learn) -> None:
         if learn.training:
             if self._buf is None:
                 self._buf = torch.full((self.num_it,), float("nan"), device=learn.loss.device)
-            self._buf[learn.iteration] = learn.loss.detach().float()
+            self._buf[learn.position.iteration] = learn.loss.detach().float()
 
     def after_batch(self, learn) -> None:
         if not learn.training:
             return
         self.lrs.append(learn.opt.param_groups[-1]["lr"])
-        done = learn.iteration + 1
+        done = learn.position.iters_done
         if done % self.check_every == 0 or done >= self.num_it:
             self._check(done, learn)
         if self.diverged or done >= self.num_it:
@@ -131,10 +134,8 @@ class LRFinder(Callback):
             new = learn.all_reduce_sum(new.clone()) / torch.distributed.get_world_size()
         for i, v in enumerate(new.tolist(), start=start):
             self.losses.append(v)
-            self._n += 1
-            self._avg = self.beta * self._avg + (1 - self.beta) * v
-            sm = self._avg / (1 - self.beta ** self._n)
-            if self.stop_div and (not math.isfinite(sm) or sm > 4 * self._best):
+            sm = self._ema.update(v)
+            if self.stop_div and (not math.isfinite(v) or not math.isfinite(sm) or sm > 4 * self._best):
                 self.diverged = True
                 del self.lrs[i + 1:]
                 return
@@ -154,48 +155,26 @@ def lr_find(learn, start_lr=1e-5, end_lr=10, num_it: Optional[int] = None, linea
     """Run the LR range test on `learn` and restore it exactly; the run is kept as ``learn.sched.finder``
     (plot it with ``learn.sched.plot()``). `start_lr`/`end_lr` are floats or one value per param group
     (the groups move together, by the last group's ratio). Returns `SuggestedLRs`."""
-    from ..learner import Position, _per_group
-
-    n_batches = learn._n_train_batches()
-    if num_it is None:
-        num_it = n_batches
-    if isinstance(num_it, bool) or not isinstance(num_it, int) or num_it < 2:
-        raise ValueError(f"num_it must be an int >= 2 (batches in the range test), got {num_it!r}")
-    had_opt = learn.opt is not None
-    opt = learn.opt if had_opt else learn.create_opt()
-    n_groups = len(opt.param_groups)
-    starts = _per_group("start_lr", start_lr, n_groups)
-    ends = _per_group("end_lr", end_lr, n_groups)
-    if starts[-1] <= 0 or ends[-1] <= starts[-1]:
-        raise ValueError(f"lr_find needs 0 < start_lr < end_lr, got start_lr={start_lr!r}, end_lr={end_lr!r}")
-    wd_vals = _per_group("wds", learn.wd if wds is None else wds, n_groups)
-
-    saved = dict(
-        model={k: v.detach().clone() for k, v in learn.saved_model.state_dict().items()},
-        opt=copy.deepcopy(opt.state_dict()), rng=get_rng_states(), position=copy.copy(learn.position),
-        schedule=learn.schedule, fit_args=learn.fit_args, training=learn.model.training,
-    )
-    recorder = learn.sched
-    if recorder is not None:  # the history of earlier fits stays out of reach of the range test
-        learn.remove_cbs([recorder])
-    schedule = LRRangeSchedule(starts, ends[-1] / starts[-1], num_it, n_batches, linear)
+    n_batches = n_train_batches(learn.data.train_dl)
+    num_it = n_batches if num_it is None else check_int("num_it", num_it, 2, "an int >= 2 (batches in the range test)")
     finder = LRFinder(num_it, check_every=check_every, stop_div=stop_div)
-    try:
-        position = Position(n_epochs=schedule.n_epochs, n_batches=n_batches)
-        extra = [MixedPrecision(amp)] if amp else []
-        learn._fit(position, [ParamScheduler(schedule, wd_vals), finder, *extra])
-    finally:
-        learn.saved_model.load_state_dict(saved["model"])
-        if had_opt:
-            learn.opt.load_state_dict(saved["opt"])
-        else:
-            learn.opt = None
-        set_rng_states(saved["rng"])
-        learn.position, learn.schedule, learn.fit_args = saved["position"], saved["schedule"], saved["fit_args"]
-        learn.model.train(saved["training"])
-        if recorder is not None:
-            learn.cbs.insert(0, recorder)
-            learn._build_handlers()
+    recorder = learn.recorder
+    with preserved_state(learn):  # weights, optimizer, RNG, position, schedule: all as they were afterwards
+        opt = learn.opt if learn.opt is not None else learn.create_opt()
+        n_groups = len(opt.param_groups)
+        starts, ends = per_group("start_lr", start_lr, n_groups), per_group("end_lr", end_lr, n_groups)
+        if starts[-1] <= 0 or ends[-1] <= starts[-1]:
+            raise ValueError(f"lr_find needs 0 < start_lr < end_lr, got start_lr={start_lr!r}, end_lr={end_lr!r}")
+        wd_vals = per_group("wds", learn.wd if wds is None else wds, n_groups)
+        schedule = LRRangeSchedule(starts, ends[-1] / starts[-1], num_it, n_batches, linear)
+        cbs = [ParamScheduler(schedule, wd_vals), finder, *([MixedPrecision(amp)] if amp else [])]
+        if recorder is not None:  # the history of earlier fits stays out of reach of the range test
+            learn.remove_cbs([recorder])
+        try:
+            learn.run_fit(Position(n_epochs=schedule.n_epochs, n_batches=n_batches), cbs)
+        finally:
+            if recorder is not None:
+                learn.add_cbs([recorder])
     res = finder.result()
     if recorder is not None:
         recorder.finder = res

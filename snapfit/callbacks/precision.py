@@ -1,17 +1,19 @@
 """Mixed precision: ``fit(..., amp='bf16')`` or ``amp='fp16'``.
 
-The forward pass and the loss run under ``torch.autocast``; backward and the optimizer step run
-outside it. fp16 also scales the loss with ``torch.amp.GradScaler`` (published as ``learn.scaler``: the
-loop backpropagates the scaled loss, unscales the gradients before ``after_backward`` so callbacks such
-as LARS see true gradients, and steps through the scaler, which skips steps whose gradients overflowed).
-The scaler's state is part of the callback's state, hence of checkpoints. bf16 needs no scaler."""
+The forward pass and the loss run under ``torch.autocast``; backward and the optimizer step run outside
+it. fp16 also scales the loss with ``torch.amp.GradScaler`` (published as ``learn.scaler``): this callback
+runs the backward of the scaled loss itself at the end of after_loss and unscales the gradients (so
+after_backward callbacks such as LARS see true gradients; CancelBackwardException tells the loop the
+backward is done), then steps through the scaler at the end of after_backward, which skips steps whose
+gradients overflowed (CancelStepException). The scaler's state is part of checkpoints. bf16 needs no scaler."""
 from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
 import torch
 
-from ..core import Callback
+from ..core import Callback, CancelBackwardException, CancelStepException
+from ..optim import needs_closure
 
 __all__ = ["MixedPrecision", "AMP_DTYPES"]
 
@@ -21,7 +23,8 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 class MixedPrecision(Callback):
     """Autocast forward and loss to `dtype` (``'bf16'`` or ``'fp16'``); fp16 adds dynamic loss scaling."""
 
-    order = -1000  # enter autocast before other before_batch callbacks run on the batch
+    order = 900  # last in before_batch (autocast covers the forward only), after_loss and after_backward
+    state_key = "mixed_precision"
 
     def __init__(self, dtype: str = "bf16"):
         if dtype not in AMP_DTYPES:
@@ -29,11 +32,12 @@ class MixedPrecision(Callback):
         self.dtype = dtype
         self.scaler: Optional[torch.amp.GradScaler] = None
         self._ctx = None
+        self._scaled_backward = False
         self._scaler_state: Optional[Dict[str, Any]] = None
 
     def before_fit(self, learn) -> None:
         if self.dtype == "fp16":
-            if learn._step_needs_closure_now():
+            if needs_closure(learn.opt):
                 raise ValueError("amp='fp16' cannot drive an optimizer that needs a closure (LBFGS): torch's "
                                  "GradScaler takes no closure; use amp='bf16' or amp=None")
             if self.scaler is None:
@@ -44,11 +48,23 @@ class MixedPrecision(Callback):
 
     def before_batch(self, learn) -> None:
         self._exit()
+        self._scaled_backward = False
         self._ctx = torch.autocast(device_type=learn.device.type, dtype=AMP_DTYPES[self.dtype])
         self._ctx.__enter__()
 
     def after_loss(self, learn) -> None:
         self._exit()
+        if learn.training and self.scaler is not None:
+            self.scaler.scale(learn.loss_grad).backward()
+            self.scaler.unscale_(learn.opt)
+            self._scaled_backward = True
+            raise CancelBackwardException()
+
+    def after_backward(self, learn) -> None:
+        if self._scaled_backward:
+            self.scaler.step(learn.opt)
+            self.scaler.update()
+            raise CancelStepException()
 
     def after_batch(self, learn) -> None:
         self._exit()

@@ -56,9 +56,9 @@ class ProgressCallback(Callback):
     def before_epoch(self, learn) -> None:
         if self._active(learn):
             valid = learn.data.valid_dl
-            total = learn.n_batches + (len(valid) if valid is not None else 0)
-            self._bar = make_bar(total, desc=f"epoch {learn.epoch + 1}/{learn.n_epochs}")
-            self._pending, self._last = learn.batch_idx, 0.0
+            total = learn.position.n_batches + (len(valid) if valid is not None else 0)
+            self._bar = make_bar(total, desc=f"epoch {learn.position.epoch + 1}/{learn.position.n_epochs}")
+            self._pending, self._last = learn.position.batches_done, 0.0
             self._flush(learn, time.monotonic())
 
     def after_batch(self, learn) -> None:
@@ -73,7 +73,7 @@ class ProgressCallback(Callback):
         self._bar.update(self._pending)
         self._pending, self._last = 0, now
         if learn.training:
-            self._show_loss(learn.sched)
+            self._show_loss(learn.recorder)
 
     def _show_loss(self, rec) -> None:
         """Show the smoothed loss whenever the recorder has read new values back (no sync here)."""
@@ -83,14 +83,14 @@ class ProgressCallback(Callback):
 
     def after_epoch(self, learn) -> None:
         self._close()
-        rec = learn.sched
+        rec = learn.recorder
         if not (self.table and learn.is_main_process) or rec is None or not rec.trn_losses:
             return
         if not self._header_done:
             print(format_row(["epoch", "trn_loss", "val_loss"] + rec.metric_names))
             self._header_done = True
         vals: List[Optional[float]] = [rec.trn_losses[-1], rec.val_losses[-1]] + list(rec.metrics[-1])
-        print(format_row([learn.epoch] + vals), flush=True)
+        print(format_row([learn.position.epoch] + vals), flush=True)
 
     def cleanup_fit(self, learn) -> None:
         self._close()

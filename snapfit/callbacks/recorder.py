@@ -8,42 +8,34 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 
+from ..checks import check_int
 from ..core import Callback
+from ..plots import finish_figure, new_figure
+from ..smoothing import DebiasedEMA, smooth
 
 __all__ = ["Recorder", "smooth"]
 
 
-def smooth(values: Sequence[float], beta: float = 0.98) -> List[float]:
-    """Debiased exponential moving average: ``avg = beta*avg + (1-beta)*v; out = avg / (1 - beta**n)``.
-    NaN values (skipped batches) leave the average unchanged and are reported as the current average."""
-    out, avg, n = [], 0.0, 0
-    for v in values:
-        if not math.isnan(v):
-            n += 1
-            avg = beta * avg + (1 - beta) * v
-        out.append(avg / (1 - beta ** n) if n else float("nan"))
-    return out
-
-
 class Recorder(Callback):
-    """Records the fit; `learn.sched` is this object. Read values through its attributes:
-    `lrs` (last group, per iteration), `group_lrs` (all groups), `losses`, `smooth_losses`,
-    `val_losses`, `metrics` (per epoch), `epoch_iterations`, `cycle_ends`."""
+    """Records the fit; `learn.sched` (and `learn.recorder`) is this object. Read values through its
+    attributes: `lrs` (last group, per iteration), `group_lrs` (all groups), `losses`, `smooth_losses`,
+    `val_losses`, `metrics` (per epoch), `epoch_iterations`, `cycle_ends`; `nonfinite` says where the
+    training loss first became NaN or infinite. `finder` holds the last LR range test (set by
+    ``learn.lr_find()``), `lars` the LARS callback of the last fit that had one."""
 
     order = 50
+    state_key = "recorder"
 
     def __init__(self, sync_every: int = 25, beta: float = 0.98):
-        if not isinstance(sync_every, int) or sync_every < 1:
-            raise ValueError(f"sync_every must be a positive int (batches between reads of the loss), "
-                             f"got {sync_every!r}")
-        self.sync_every, self.beta = sync_every, beta
-        self.finder = None  # the last LR range test (learn.lr_find), kept across fits
-        self.lars = None  # the LARS callback of the last fit that used one (its recorded trust ratios)
+        self.sync_every = check_int("sync_every", sync_every, what="a positive int (batches between reads of the loss)")
+        self.beta = beta
+        self.finder = None
+        self.lars = None
         self.reset()
 
     # ----------------------------------------------------------------- state
@@ -61,9 +53,10 @@ class Recorder(Callback):
         self.cycle_ends: List[int] = []
         self.last_values: Optional[List[float]] = None
         self.first_iteration = 0
-        self.nonfinite_at: Optional[int] = None
-        self._ema, self._ema_n = 0.0, 0
-        self._pending: List[Optional[torch.Tensor]] = []  # training losses not read back yet (None: skipped)
+        self.nonfinite: Optional[Dict[str, Any]] = None  # {'iteration', 'epoch', 'batch', 'loss'} of the first bad loss
+        self._ema = DebiasedEMA(self.beta)
+        self._pending: List[Optional[torch.Tensor]] = []  # training losses not read back yet (None: no loss)
+        self._pending_at = (0, 0, 0)  # (epoch, batch_idx, iteration) of the first pending loss
         self._val_sums: Optional[torch.Tensor] = None  # validation loss and metrics, summed over samples
         self._val_values: Optional[List[float]] = None  # this epoch's [val_loss, *metrics], once read back
         self._val_count = 0
@@ -81,50 +74,66 @@ class Recorder(Callback):
     @property
     def smooth_loss(self) -> float:
         """The current debiased moving average of the training loss (NaN before any batch)."""
-        return self._ema / (1 - self.beta ** self._ema_n) if self._ema_n else float("nan")
+        return self._ema.value
+
+    @property
+    def nonfinite_at(self) -> Optional[int]:
+        """Iteration of the first NaN or infinite training loss read back (None while all are finite)."""
+        return self.nonfinite["iteration"] if self.nonfinite is not None else None
 
     def flush(self) -> None:
         """Read back the training losses still waiting on the device (one transfer)."""
-        self._sync()
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        real = [t for t in pending if t is not None]
+        read = iter(torch.stack(real).reshape(-1).float().tolist() if real else [])
+        epoch, batch, iteration = self._pending_at
+        for i, t in enumerate(pending):
+            v = float("nan") if t is None else next(read)  # a batch cancelled before its loss: a gap
+            if t is not None and not math.isfinite(v) and self.nonfinite is None:
+                self.nonfinite = {"iteration": iteration + i, "epoch": epoch, "batch": batch + i, "loss": v}
+            self.losses.append(v)
+            self.smooth_losses.append(self._ema.update(v))
+
+    _HISTORY = ("group_lrs", "losses", "smooth_losses", "epoch_iterations", "trn_losses", "epoch_means",
+                "val_losses", "metrics", "metric_names", "cycle_ends", "first_iteration", "nonfinite", "last_values")
 
     def state_dict(self) -> Dict[str, Any]:
         """Plain-data copy of the history (for checkpoints); pending device values are read first."""
         self.flush()
-        return {k: getattr(self, k) for k in (
-            "group_lrs", "losses", "smooth_losses", "epoch_iterations", "trn_losses", "epoch_means", "val_losses",
-            "metrics", "metric_names", "cycle_ends", "first_iteration", "nonfinite_at", "last_values")} | {
-            "ema": self._ema, "ema_n": self._ema_n}
+        return {k: getattr(self, k) for k in self._HISTORY} | self._ema.state_dict()
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore a history saved by `state_dict`."""
-        for k, v in state.items():
-            if k == "ema":
-                self._ema = float(v)
-            elif k == "ema_n":
-                self._ema_n = int(v)
-            elif isinstance(v, (list, tuple)):
-                setattr(self, k, [list(x) if isinstance(x, (list, tuple)) else x for x in v])
-            else:
+        self._ema.load_state_dict(state)
+        for k in self._HISTORY:
+            v = state.get(k)
+            if isinstance(v, (list, tuple)):
+                v = [list(x) if isinstance(x, (list, tuple)) else x for x in v]
+            if k in state:
                 setattr(self, k, v)
 
     # ----------------------------------------------------------------- events
     def before_fit(self, learn) -> None:
         self.reset()
         self.metric_names = [_metric_name(m) for m in learn.metrics]
-        self.first_iteration = learn.iteration
+        self.first_iteration = learn.position.iteration
+        self.lars = next((cb for cb in learn.cbs if cb.state_key == "lars"), self.lars)
 
     def before_train(self, learn) -> None:
         self._pending = []
-        self._epoch_start = len(self.losses) - learn.batch_idx  # a resumed epoch has its first batches recorded
 
     def after_batch(self, learn) -> None:
         if learn.training:
             self.group_lrs.append(list(map(_lr_of, learn.opt.param_groups)))
+            if not self._pending:
+                pos = learn.position
+                self._pending_at = (pos.epoch, pos.batch_idx, pos.iteration)
             loss = learn.loss
             self._pending.append(None if loss is None else loss.detach())
-            if len(self._pending) >= self.sync_every or learn.sync_requested:
-                self._sync()
-                learn.sync_requested = False
+            if len(self._pending) >= self.sync_every:
+                self.flush()
         elif learn.loss is not None:
             n = _batch_size(learn)
             vals = [learn.loss.detach().float()]
@@ -134,8 +143,9 @@ class Recorder(Callback):
             self._val_count += n
 
     def after_train(self, learn) -> None:
-        self._sync()
-        finite = [v for v in self.losses[self._epoch_start:] if not math.isnan(v)]
+        self.flush()
+        epoch_losses = self.losses[len(self.losses) - learn.position.batches_done:]
+        finite = [v for v in epoch_losses if not math.isnan(v)]
         self.epoch_means.append(sum(finite) / len(finite) if finite else float("nan"))
 
     def before_validate(self, learn) -> None:
@@ -153,7 +163,8 @@ class Recorder(Callback):
         self._val_values = (sums / self._val_count).tolist() if self._val_count else None
 
     def after_epoch(self, learn) -> None:
-        self.epoch_iterations.append(learn.iteration)
+        done = learn.position.iters_done
+        self.epoch_iterations.append(done)
         self.trn_losses.append(self.smooth_loss)
         vals, self._val_values = self._val_values, None
         if vals is None:
@@ -161,35 +172,13 @@ class Recorder(Callback):
         self.val_losses.append(vals[0])
         self.metrics.append(list(vals[1:]))
         self.last_values = list(vals)
-        sched = getattr(learn, "schedule", None)
-        if sched is not None and sched.is_cycle_end(learn.iteration):
-            self.cycle_ends.append(learn.iteration)
-
-    # ----------------------------------------------------------------- helpers
-    def _sync(self) -> None:
-        """Read the pending training losses back to the host (one transfer) and extend the history."""
-        pending, self._pending = self._pending, []
-        real = [t for t in pending if t is not None]
-        if not pending:
-            return
-        read = iter(torch.stack(real).reshape(-1).float().tolist() if real else [])
-        for t in pending:
-            if t is None:  # a batch cancelled before its loss: a gap in the curve
-                v = float("nan")
-            else:
-                v = next(read)
-                if not math.isfinite(v) and self.nonfinite_at is None:
-                    self.nonfinite_at = self.first_iteration + len(self.losses)
-            self.losses.append(v)
-            if not math.isnan(v):
-                self._ema_n += 1
-                self._ema = self.beta * self._ema + (1 - self.beta) * v
-            self.smooth_losses.append(self.smooth_loss)
+        if learn.schedule is not None and learn.schedule.cycle_ending_at(done) is not None:
+            self.cycle_ends.append(done)
 
     # ----------------------------------------------------------------- plots
     def plot_lr(self, ax=None, show_cycles: bool = True):
         """LR of every param group vs iteration, with cycle ends marked. Returns the Figure."""
-        fig, ax = _fig_ax(ax)
+        fig, ax = new_figure(ax)
         lrs = np.asarray(self.group_lrs, dtype=float)
         if lrs.size:
             for g in range(lrs.shape[1]):
@@ -201,11 +190,11 @@ class Recorder(Callback):
         ax.set_ylabel("learning rate")
         if lrs.size and (lrs.shape[1] > 1 or self.cycle_ends):
             ax.legend(loc="best")
-        return _done(fig)
+        return finish_figure(fig)
 
     def plot_loss(self, ax=None, n_skip: int = 0):
         """Training loss (raw and smoothed) per iteration and validation loss per epoch. Returns the Figure."""
-        fig, ax = _fig_ax(ax)
+        fig, ax = new_figure(ax)
         its = np.asarray(self.iterations[: len(self.losses)])
         ax.plot(its[n_skip:], self.losses[n_skip:], alpha=0.35, label="train loss")
         ax.plot(its[n_skip:], self.smooth_losses[n_skip:], label="train loss (smoothed)")
@@ -215,7 +204,7 @@ class Recorder(Callback):
         ax.set_xlabel("iteration")
         ax.set_ylabel("loss")
         ax.legend(loc="best")
-        return _done(fig)
+        return finish_figure(fig)
 
     def plot(self, n_skip: int = 10, n_skip_end: int = 5, ax=None):
         """After ``learn.lr_find()``: smoothed training loss against LR (log axis), the suggested LR marked,
@@ -234,7 +223,7 @@ class Recorder(Callback):
 
     def plot_metrics(self, ax=None):
         """Validation metrics per epoch. Returns the Figure."""
-        fig, ax = _fig_ax(ax)
+        fig, ax = new_figure(ax)
         m = np.asarray(self.metrics, dtype=float)
         epochs = np.arange(1, len(self.metrics) + 1)
         for j, name in enumerate(self.metric_names):
@@ -242,7 +231,7 @@ class Recorder(Callback):
         ax.set_xlabel("epoch")
         if self.metric_names:
             ax.legend(loc="best")
-        return _done(fig)
+        return finish_figure(fig)
 
 
 _lr_of = operator.itemgetter("lr")
@@ -264,21 +253,3 @@ def _as_tensor(v, like: torch.Tensor) -> torch.Tensor:
     if torch.is_tensor(v):
         return v.detach().reshape(()).float()
     return torch.tensor(float(v), device=like.device)
-
-
-def _fig_ax(ax, figsize=(7, 4)):
-    import matplotlib.pyplot as plt
-
-    if ax is not None:
-        return ax.figure, ax
-    fig, ax = plt.subplots(figsize=figsize)
-    return fig, ax
-
-
-def _done(fig):
-    """Detach the figure from pyplot so Jupyter shows the returned Figure once (not twice)."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    plt.close(fig)
-    return fig

@@ -7,8 +7,10 @@ all derived from the iteration, never counted on the way, so resuming needs only
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from ..core import Callback
 
@@ -41,9 +43,14 @@ class Schedule:
         """Iteration counts at which a cycle ends (empty for schedules without cycles)."""
         return []
 
+    def cycle_ending_at(self, done: int) -> Optional[int]:
+        """Index of the cycle that ends when `done` iterations are done, else None."""
+        ends = self.cycle_ends()
+        return ends.index(done) if done in ends else None
+
     def is_cycle_end(self, done: int) -> bool:
         """True when the first `done` iterations end exactly at a cycle boundary."""
-        return False
+        return self.cycle_ending_at(done) is not None
 
     def cycle_index(self, iteration: int) -> int:
         """0-based index of the cycle that contains `iteration` (0 without cycles)."""
@@ -93,46 +100,33 @@ class SGDR(Schedule):
                  cycle_mult: int = 1, warmup: bool = True):
         self.n_cycle, self.cycle_len, self.cycle_mult = int(n_cycle), int(cycle_len), int(cycle_mult)
         self.warmup = bool(warmup)
-        n_epochs = self.cycle_len * sum(self.cycle_mult ** i for i in range(self.n_cycle))
-        super().__init__(base_lrs, batches_per_epoch, n_epochs)
+        # the only cycle arithmetic: lengths and ends of the fit's cycles, and of one more (the position
+        # after the last batch points into it)
+        self._lengths = [batches_per_epoch * self.cycle_len * self.cycle_mult ** c for c in range(self.n_cycle + 1)]
+        self._ends = list(itertools.accumulate(self._lengths))
+        super().__init__(base_lrs, batches_per_epoch, self._ends[self.n_cycle - 1] // batches_per_epoch)
 
     @property
     def first_cycle_len(self) -> int:
         """Batches in the first cycle (fastai's ``nb``)."""
-        return self.batches_per_epoch * self.cycle_len
+        return self._lengths[0]
 
     def locate(self, iteration: int) -> Tuple[int, int, int]:
         """``(cycle index, batch index inside the cycle, cycle length)`` of a global iteration."""
-        if iteration < 0:
-            raise ValueError(f"iteration must be >= 0, got {iteration}")
-        nb, m = self.first_cycle_len, self.cycle_mult
-        if m == 1:
-            return iteration // nb, iteration % nb, nb
-        cycle, start, length = 0, 0, nb
-        while iteration >= start + length:
-            start += length
-            length *= m
-            cycle += 1
-        return cycle, iteration - start, length
+        if not 0 <= iteration < self._ends[-1]:
+            raise ValueError(f"iteration must be in [0, {self.total_iterations}], got {iteration}")
+        cycle = bisect.bisect_right(self._ends, iteration)
+        start = self._ends[cycle - 1] if cycle else 0
+        return cycle, iteration - start, self._lengths[cycle]
 
     def factor(self, iteration: int) -> float:
-        nb = self.batches_per_epoch * self.cycle_len
-        if self.warmup and iteration * 20 < nb:
+        if self.warmup and iteration * 20 < self._lengths[0]:
             return 0.01
-        if self.cycle_mult == 1:  # the common case, without a loop
-            return 0.5 * (1.0 + math.cos(math.pi * (iteration % nb) / nb))
         _, t, length = self.locate(iteration)
         return 0.5 * (1.0 + math.cos(math.pi * t / length))
 
     def cycle_ends(self) -> List[int]:
-        ends, total = [], 0
-        for c in range(self.n_cycle):
-            total += self.first_cycle_len * self.cycle_mult ** c
-            ends.append(total)
-        return ends
-
-    def is_cycle_end(self, done: int) -> bool:
-        return done > 0 and self.locate(done)[1] == 0
+        return self._ends[:self.n_cycle]
 
     def cycle_index(self, iteration: int) -> int:
         return self.locate(iteration)[0]
@@ -163,13 +157,12 @@ class ParamScheduler(Callback):
                 raise ValueError(
                     f"wds[{i}]={wd} but {type(learn.opt).__name__} has no weight_decay setting; "
                     "pass wds=0 (or None) for this optimizer")
-        self._apply(learn, learn.iteration)
+        self._apply(learn)
 
-    def _apply(self, learn, iteration: int) -> None:
-        f = self.schedule.factor(iteration)
-        for g, lr in zip(learn.opt.param_groups, self.schedule.base_lrs):
-            g["lr"] = lr * f
+    def _apply(self, learn) -> None:
+        for g, lr in zip(learn.opt.param_groups, self.schedule.lrs_at(learn.position.iteration)):
+            g["lr"] = lr
 
     def before_batch(self, learn) -> None:
         if learn.training:
-            self._apply(learn, learn.position.iteration)
+            self._apply(learn)

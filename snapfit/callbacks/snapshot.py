@@ -7,33 +7,33 @@ import math
 import time
 
 from ..core import Callback
-from ..io import atomic_write_json
+from ..io import atomic_write_json, check_name
+from ..snapshots import snapshot_name
 
 __all__ = ["CycleSnapshot"]
 
 
 class CycleSnapshot(Callback):
-    """Saves the model at the end of each cycle of ``learn.schedule``. The cycle end is derived
-    from the schedule and the iteration count, never counted here; saving happens after the
-    epoch's validation so the saved weights are the ones that were just validated."""
+    """Saves the model at the end of each cycle of ``learn.schedule``. The cycle that ends is derived from
+    the schedule and the iterations done, never counted here; saving happens after the epoch's validation
+    so the saved weights are the ones that were just validated."""
 
     order = 70  # after the recorder has closed the epoch
 
     def __init__(self, name: str):
-        self.save_name = name
+        self.save_name = check_name(name, "cycle_save_name")
         self.saved: list = []
 
     def after_epoch(self, learn) -> None:
-        sched = learn.schedule
-        done = learn.iteration
-        if sched is None or not sched.is_cycle_end(done):
+        done = learn.position.iters_done
+        cycle = learn.schedule.cycle_ending_at(done) if learn.schedule is not None else None
+        if cycle is None:
             return
-        cycle = sched.cycle_index(done - 1)
-        path = learn.save(f"{self.save_name}_cyc_{cycle}")
-        rec = learn.sched
+        path = learn.save(snapshot_name(self.save_name, cycle))
+        rec = learn.recorder
         val = rec.last_values if rec is not None and rec.last_values is not None else []
         names = rec.metric_names if rec is not None else []
-        record = {"cycle": cycle, "epoch": learn.epoch, "iteration": done,
+        record = {"cycle": cycle, "epoch": learn.position.epoch, "iteration": done,
                   "val_loss": _num(val[0]) if val else None,
                   "metrics": {n: _num(v) for n, v in zip(names, val[1:])}, "saved_at": time.time()}
         if learn.is_main_process:

@@ -7,38 +7,16 @@ averaged model's BatchNorm statistics are recomputed over the training data (`up
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import nn
 
+from ..batchnorm import update_bn
+from ..checks import check_int
 from ..core import Callback
 
 __all__ = ["SWA", "update_bn"]
-
-
-def update_bn(model: nn.Module, dl, to_inputs: Optional[Callable] = None) -> None:
-    """Recompute the running statistics of every BatchNorm layer of `model` as the plain average over
-    one pass of `dl` in train mode (momentum None), as ``torch.optim.swa_utils.update_bn`` does.
-    `to_inputs(batch)` gives the model's positional inputs (default: the first element, as is)."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    momenta = {m: m.momentum for m in bns}
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    was_training = model.training
-    model.train()
-    try:
-        with torch.no_grad():
-            for batch in dl:
-                xs = to_inputs(batch) if to_inputs else (batch[0] if isinstance(batch, (list, tuple)) else batch,)
-                model(*xs)
-    finally:
-        for m, mom in momenta.items():
-            m.momentum = mom
-        model.train(was_training)
 
 
 class SWA(Callback):
@@ -47,12 +25,11 @@ class SWA(Callback):
     re-estimate its BatchNorm statistics on the training data (`update_bn=True`)."""
 
     order = 75
+    state_key = "swa"
 
     def __init__(self, start_epoch: int = 1, freq: int = 1, update_bn: bool = True):
-        for name, v in (("start_epoch", start_epoch), ("freq", freq)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        self.start_epoch, self.freq, self.update_bn = start_epoch, freq, update_bn
+        self.start_epoch, self.freq = check_int("start_epoch", start_epoch), check_int("freq", freq)
+        self.update_bn = update_bn
         self.swa_model: Optional[nn.Module] = None
         self.n_averaged = 0
 
@@ -64,7 +41,7 @@ class SWA(Callback):
         learn.swa_model = self.swa_model
 
     def after_epoch(self, learn) -> None:
-        done = learn.epoch + 1
+        done = learn.position.epochs_done
         if done >= self.start_epoch and (done - self.start_epoch) % self.freq == 0:
             self.average(learn.saved_model.parameters())
 
@@ -80,7 +57,7 @@ class SWA(Callback):
 
     def after_fit(self, learn) -> None:
         if self.update_bn and self.n_averaged:
-            update_bn(self.swa_model, learn.data.train_dl, lambda b: learn._split(b)[0])
+            update_bn(self.swa_model, learn.data.train_dl, lambda b: learn.to_device(b)[0])
 
     def state_dict(self) -> Dict[str, Any]:
         """The averaged weights and the count (for checkpoints)."""

@@ -2,14 +2,17 @@
 makes the training order a pure function of (seed, epoch)."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
-__all__ = ["DataBunch", "EpochShuffleSampler", "FixedBatchLoader", "to_tensor"]
+from ..checks import check_int
+
+__all__ = ["DataBunch", "EpochShuffleSampler", "FixedBatchLoader", "to_tensor", "check_data", "split_batch",
+           "epoch_batches", "n_train_batches"]
 
 
 class EpochShuffleSampler(Sampler):
@@ -68,9 +71,8 @@ class FixedBatchLoader:
     no input, such as the pixels of an image being optimised)."""
 
     def __init__(self, batch=(), n_batches: int = 1):
-        if isinstance(n_batches, bool) or not isinstance(n_batches, int) or n_batches < 1:
-            raise ValueError(f"n_batches must be a positive int, got {n_batches!r}")
-        self.batch, self.n_batches = tuple(batch) if isinstance(batch, (list, tuple)) else (batch,), n_batches
+        self.n_batches = check_int("n_batches", n_batches)
+        self.batch = tuple(batch) if isinstance(batch, (list, tuple)) else (batch,)
         self.batch_size = None
 
     def __iter__(self):
@@ -123,8 +125,7 @@ class DataBunch:
         """Loaders over in-memory arrays. The training order is drawn per epoch from (`seed`, epoch);
         integer targets make a classification bunch (``c`` classes, cross-entropy loss), float
         targets a regression one (MSE). `pin_memory` defaults to True when CUDA is available."""
-        if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1:
-            raise ValueError(f"bs must be a positive int, got {bs!r}")
+        check_int("bs", bs)
         trn = _check_pair(x_trn, y_trn, "x_trn", "y_trn")
         if trn is None:
             raise ValueError("x_trn and y_trn are required")
@@ -156,3 +157,86 @@ class DataBunch:
         def n(dl):
             return "None" if dl is None else f"{len(dl.dataset)} items, {len(dl)} batches"
         return f"DataBunch(train: {n(self.train_dl)}; valid: {n(self.valid_dl)}; test: {n(self.test_dl)}; c={self.c})"
+
+
+def check_data(data):
+    """`data` when it has the loaders of a `DataBunch` (``train_dl`` at least), else a TypeError saying what to pass."""
+    if not hasattr(data, "train_dl"):
+        raise TypeError(f"data must be a DataBunch (with train_dl/valid_dl), got {type(data).__name__}; "
+                        "use DataBunch(train_dl, valid_dl) or DataBunch.from_arrays(...)")
+    return data
+
+
+def _to(b, dev: torch.device, channels_last: bool):
+    if not torch.is_tensor(b):
+        return b
+    if channels_last and b.ndim == 4 and b.is_floating_point():
+        return b.to(dev, non_blocking=True, memory_format=torch.channels_last)
+    return b.to(dev, non_blocking=True)
+
+
+def split_batch(batch, device: torch.device, channels_last: bool = False) -> Tuple[Tuple, Tuple]:
+    """A batch as ``(inputs, targets)`` on `device` (asynchronous copies): the last element of a list or
+    tuple is the target, a lone tensor is an input. With `channels_last`, 4-d float tensors get that layout."""
+    if type(batch) in (list, tuple) and len(batch) == 2 and not channels_last:  # the common (x, y), kept lean
+        x, y = batch
+        if isinstance(x, torch.Tensor):
+            x = x.to(device, non_blocking=True)
+        if isinstance(y, torch.Tensor):
+            y = y.to(device, non_blocking=True)
+        return (x,), (y,)
+    if not isinstance(batch, (list, tuple)):
+        return (_to(batch, device, channels_last),), ()
+    batch = [_to(b, device, channels_last) for b in batch]
+    if len(batch) <= 1:
+        return tuple(batch), ()
+    return tuple(batch[:-1]), (batch[-1],)
+
+
+def _sampler_starts_mid_epoch(dl) -> bool:
+    sampler = getattr(dl, "sampler", None)
+    return hasattr(sampler, "set_epoch") and hasattr(sampler, "start") and bool(getattr(dl, "batch_size", None))
+
+
+def n_train_batches(dl) -> int:
+    """Batches per epoch of the training loader `dl` (a whole epoch), with clear errors for loaders the
+    schedule cannot work with."""
+    if _sampler_starts_mid_epoch(dl):
+        dl.sampler.set_epoch(0, 0)  # len() counts from the sampler's start: measure a whole epoch
+    try:
+        n = len(dl)
+    except TypeError:
+        raise ValueError("the training loader must have a length (len(train_dl)): the schedule needs "
+                         "the number of batches per epoch") from None
+    if n == 0:
+        raise ValueError("the training loader is empty (len(data.train_dl) == 0): give it at least one "
+                         "batch (check the dataset size, bs and drop_last)")
+    return n
+
+
+def epoch_batches(dl, epoch: int, start: int = 0) -> Iterator:
+    """An iterator over the batches of `epoch` from batch `start` on (non-zero for a resumed epoch), created
+    at once. A sampler with ``set_epoch`` is given the epoch (its order is a function of seed and epoch); one
+    with a ``start`` (`EpochShuffleSampler`) begins at the batch, any other loader draws and drops the first
+    `start` batches."""
+    sampler = getattr(dl, "sampler", None)
+    skip = start
+    if _sampler_starts_mid_epoch(dl):
+        sampler.set_epoch(epoch, start * dl.batch_size)
+        skip = 0
+    elif hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    batches = iter(dl)
+    for _ in range(skip):
+        next(batches, None)
+    if start and not skip:
+        return _whole_epochs_after(batches, sampler, epoch)
+    return batches
+
+
+def _whole_epochs_after(batches: Iterator, sampler, epoch: int) -> Iterator:
+    """`batches`, then the sampler set back to the start of its epoch (so ``len(dl)`` counts whole epochs again)."""
+    try:
+        yield from batches
+    finally:
+        sampler.set_epoch(epoch, 0)

@@ -16,23 +16,13 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from ..data.core import DataBunch
-from ..io import atomic_save, check_state_dict, load_file
-from ..learner import Learner
-from ..metrics import accuracy
+from .data.core import DataBunch
+from .io import atomic_save, load_file, load_state, unwrap_model
+from .learner import Learner
+from .metrics import accuracy
+from .models.layers import AdaptiveConcatPool2d
 
 __all__ = ["ConvLearner", "AdaptiveConcatPool2d", "build_body", "pretrained_weights_file"]
-
-
-class AdaptiveConcatPool2d(nn.Module):
-    """Adaptive average and max pooling to `size`, concatenated on the channel axis (2x the channels)."""
-
-    def __init__(self, size: int = 1):
-        super().__init__()
-        self.avg, self.max = nn.AdaptiveAvgPool2d(size), nn.AdaptiveMaxPool2d(size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.max(x), self.avg(x)], dim=1)
 
 
 def _arch_name(arch) -> str:
@@ -100,8 +90,7 @@ def _load_pretrained(arch, model: nn.Module, weights) -> None:
     state = load_file(path, map_location="cpu")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    check_state_dict(model, state, source=str(path))
-    model.load_state_dict(state)
+    load_state(model, state, source=str(path))
 
 
 def _fc_layers(nf: int, c: int, xtra_fc: Sequence[int], ps: Sequence[float]) -> List[nn.Module]:
@@ -175,8 +164,6 @@ class ConvLearner(Learner):
     @property
     def saved_model(self) -> nn.Module:
         """The whole network (body and head), also while training on precomputed activations."""
-        from ..io import unwrap_model
-
         return unwrap_model(self.full_model)
 
     @property
@@ -237,7 +224,7 @@ class ConvLearner(Learner):
         out = []
         with torch.no_grad():
             for batch in dl:
-                xb, _ = self._split(batch)
+                xb, _ = self.to_device(batch)
                 out.append(feats(*xb).float())
         self.full_model.train(was)
         return torch.cat(out).cpu()

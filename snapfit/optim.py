@@ -1,0 +1,62 @@
+"""Optimizers: building one with a param group per layer group, and stepping those whose `step` needs a
+closure (``torch.optim.LBFGS``) through the normal loop."""
+from __future__ import annotations
+
+import inspect
+from typing import Callable, List, Sequence
+
+import torch
+from torch import nn
+
+from .core import Callback, CancelStepException
+
+__all__ = ["create_opt", "needs_closure", "ClosureStep", "closure_callbacks"]
+
+
+def create_opt(layer_groups: Sequence[nn.Module], opt_func: Callable) -> torch.optim.Optimizer:
+    """``opt_func(groups)`` with one param group per layer group (a parameter shared by two groups belongs to
+    the first); each group starts at lr 1e-3 until a schedule sets it."""
+    groups, seen = [], set()
+    for lg in layer_groups:
+        params = [p for p in lg.parameters() if id(p) not in seen]
+        seen.update(id(p) for p in params)
+        groups.append({"params": params, "lr": 1e-3})
+    return opt_func(groups)
+
+
+def needs_closure(opt) -> bool:
+    """True when ``opt.step`` has a `closure` argument without a default (torch.optim.LBFGS)."""
+    try:
+        p = inspect.signature(opt.step).parameters.get("closure")
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return False
+    return p is not None and p.default is inspect.Parameter.empty
+
+
+class ClosureStep(Callback):
+    """Steps an optimizer that needs a closure: ``opt.step(closure)`` instead of ``opt.step()``, then
+    CancelStepException. The closure's first call returns the loss the loop already computed (its gradients
+    are in place); later calls zero the gradients and re-run forward, loss and backward without events."""
+
+    order = 900  # last in after_backward: callbacks there see the gradients before the step
+
+    def after_backward(self, learn) -> None:
+        first = [True]
+
+        def closure():
+            if first[0]:
+                first[0] = False
+                return learn.loss.detach()
+            learn.opt.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                loss = learn.loss_func(learn.model(*learn.xb), *learn.yb)
+                loss.backward()
+            return loss.detach()
+
+        learn.opt.step(closure)
+        raise CancelStepException()
+
+
+def closure_callbacks(opt) -> List[Callback]:
+    """``[ClosureStep()]`` when `opt` needs a closure, else nothing."""
+    return [ClosureStep()] if needs_closure(opt) else []

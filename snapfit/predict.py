@@ -1,0 +1,62 @@
+"""Predictions: model outputs over a loader, on the validation or test set, and test-time augmentation."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+
+from .checks import check_int
+
+__all__ = ["eval_loader", "predict_dl", "predict", "predict_with_targs", "tta"]
+
+
+def eval_loader(data, is_test: bool = False):
+    """The validation loader of `data` (the test loader with `is_test`), or a clear error when it has none."""
+    dl = data.test_dl if is_test else data.valid_dl
+    if dl is None:
+        raise ValueError(f"this DataBunch has no {'test' if is_test else 'validation'} loader; "
+                         f"pass dl= or build the data with one")
+    return dl
+
+
+def predict_dl(learn, dl) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """The model's outputs (and the targets, when the loader yields them) over `dl` in eval mode, as NumPy
+    arrays; the model's train/eval mode is put back."""
+    was_training = learn.model.training
+    learn.model.eval()
+    preds, targs = [], []
+    try:
+        with torch.no_grad():
+            for batch in dl:
+                xb, yb = learn.to_device(batch)
+                preds.append(learn.model(*xb).detach())
+                if yb:
+                    targs.append(yb[0].detach())
+    finally:
+        learn.model.train(was_training)
+    p = torch.cat(preds).float().cpu().numpy() if preds else np.zeros((0,))
+    t = torch.cat(targs).cpu().numpy() if targs else None
+    return p, t
+
+
+def predict(learn, is_test: bool = False) -> np.ndarray:
+    """Outputs on the validation set (or the test set): log-probabilities for snapfit's classifiers."""
+    return learn.predict_dl(eval_loader(learn.data, is_test))[0]
+
+
+def predict_with_targs(learn, is_test: bool = False) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """``(outputs, targets)`` on the validation set (or the test set)."""
+    return learn.predict_dl(eval_loader(learn.data, is_test))
+
+
+def tta(learn, n_aug: int = 4, is_test: bool = False) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Test-time augmentation: ``(preds, y)`` with `preds` stacked as ``(n_aug + 1, N, ...)``, the plain
+    prediction first, then `n_aug` passes with the training augmentation (``data.aug_dl``)."""
+    check_int("n_aug", n_aug, minimum=0)
+    if not callable(getattr(learn.data, "aug_dl", None)):
+        raise ValueError("TTA needs data with training transforms to augment with (ImageClassifierData); "
+                         f"{type(learn.data).__name__} has none")
+    preds, targs = predict_dl(learn, eval_loader(learn.data, is_test))
+    aug = [predict_dl(learn, learn.data.aug_dl(is_test))[0] for _ in range(n_aug)]
+    return np.stack([preds] + aug), targs

@@ -1,0 +1,197 @@
+"""Resuming a fit: everything about reading a checkpoint and continuing from it, in one place.
+
+A checkpoint (written by the `Checkpoint` callback, ``fit(..., checkpoint=name)``) holds only tensors and
+plain containers, so it loads with ``torch.load(weights_only=True)``:
+
+- ``model``, ``opt``: the weights and the optimizer state (momentum buffers);
+- ``position``: ``learn.position`` at the moment of writing, moved past a finished batch or epoch
+  (`Position.settled`): the point the fit continues from;
+- ``fit_args``: the arguments of the fit (a resumed fit must repeat the schedule-defining ones);
+- ``callbacks``: ``cb.state_dict()`` of every callback with a `state_key` (the recorder's history, SWA's
+  average, the AMP scaler ...), under that key;
+- ``rng``: every RNG state (torch CPU/CUDA, Python, NumPy) at the point the fit continues from: at the
+  moment of writing, or at the end of the epoch's training when written during validation (which reruns);
+- ``data``: the epoch's training order, to refuse resuming on different data.
+
+`resume_fit` reads and checks a checkpoint against the fit (before changing anything), restores weights and
+optimizer, and returns the position and the `Resume` callback, which restores the callbacks' states at the
+end of ``before_fit`` and the RNG where the saved position says: at the start of the epoch, or, for a
+checkpoint taken between training batches, once the epoch's data iterator exists (``before_train``). The
+loop itself starts each epoch's data at ``position.batch_idx``. On CPU the remaining batches give
+bit-identical weights (for ``num_workers=0`` loaders).
+"""
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import torch
+
+from .core import Callback
+from .io import DamagedFileError, check_name, check_state_dict, load_file
+from .position import Position
+from .rng import get_rng_states, set_rng_states
+
+__all__ = ["FORMAT", "VERSION", "read_checkpoint", "checkpoint_state", "resume_fit", "Resume", "callback_states",
+           "data_order", "preserved_state"]
+
+FORMAT = "snapfit.checkpoint"
+VERSION = 2  # 2: the position has a stage; 1: the position was the next batch to run
+
+
+def read_checkpoint(path) -> Dict[str, Any]:
+    """Load and validate a checkpoint file (weights_only); clear errors when it is not one. A version 1
+    checkpoint is read as the equivalent version 2."""
+    state = load_file(path)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise DamagedFileError(f"{path} is not a snapfit checkpoint (it holds "
+                               f"{'a state dict of weights' if isinstance(state, dict) else type(state).__name__}); "
+                               "checkpoints are written by fit(..., checkpoint=name); weights go through learn.load")
+    if state.get("version", 0) > VERSION:
+        raise ValueError(f"{path} was written by a newer snapfit (checkpoint version {state['version']}); upgrade")
+    if state.get("version", 1) == 1:  # (epoch, batch_idx, iteration) was the next batch; n_batches: validation
+        pos = state["position"]
+        pos["stage"] = "validate" if pos["batch_idx"] >= pos["n_batches"] else "train" if pos["batch_idx"] else "start"
+    return state
+
+
+def _keyed(cbs) -> Iterator[Tuple[str, Callback]]:
+    """``(key, callback)`` for every callback with a `state_key`; a repeated key gets ``_2``, ``_3`` ..."""
+    taken = set()
+    for cb in cbs:
+        if cb.state_key is None:
+            continue
+        key, i = cb.state_key, 1
+        while key in taken:
+            i += 1
+            key = f"{cb.state_key}_{i}"
+        taken.add(key)
+        yield key, cb
+
+
+def callback_states(learn) -> Dict[str, Any]:
+    """``{state_key: cb.state_dict()}`` of the learner's callbacks."""
+    return {key: cb.state_dict() for key, cb in _keyed(learn.cbs)}
+
+
+def data_order(dl, epoch: int) -> Dict[str, Any]:
+    """The training order of `epoch` when the loader's sampler can tell it (``sampler.order(epoch)``)."""
+    sampler = getattr(dl, "sampler", None)
+    order = sampler.order(epoch) if callable(getattr(sampler, "order", None)) else None
+    if order is not None and len(order) < 2 ** 31:
+        order = order.to(torch.int32)
+    return {"sampler": type(sampler).__name__, "epoch": epoch, "order": order,
+            "batch_size": getattr(dl, "batch_size", None)}
+
+
+def checkpoint_state(learn, rng: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The checkpoint of the learner now (see the module docstring); `rng` defaults to the current RNG states."""
+    pos = learn.position.settled()
+    return {
+        "format": FORMAT, "version": VERSION, "torch_version": str(torch.__version__),
+        "model": learn.saved_model.state_dict(),
+        "opt": learn.opt.state_dict(),
+        "position": pos.state_dict(),
+        "fit_args": dict(learn.fit_args),
+        "callbacks": callback_states(learn),
+        "rng": rng if rng is not None else get_rng_states(),
+        "data": data_order(learn.data.train_dl, pos.epoch),
+    }
+
+
+def _norm(v):
+    return [float(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
+def resume_fit(learn, name: str, args, schedule) -> Tuple[Any, Position, List[Callback]]:
+    """Continue the fit saved in checkpoint `name`: check it against this fit's `args` (a `FitArgs`) and
+    `schedule` and against the learner, then restore the weights and the optimizer. Returns the fit's
+    arguments (the checkpoint cadence is inherited unless this call names its own), the position to start
+    from and ``[Resume(...)]``. Nothing is changed when a check fails."""
+    learn.barrier()  # under torchrun: rank 0 has finished writing
+    where = f"checkpoint {name!r}"
+    state = read_checkpoint(learn.model_file(check_name(name, "resume")))
+    saved_args = type(args)(**state["fit_args"])
+    saved, call = saved_args.schedule_args(), args.schedule_args()
+    diffs = [f"{k}: checkpoint has {saved[k]!r}, this call {call[k]!r}"
+             for k in saved if _norm(saved[k]) != _norm(call[k])]
+    if diffs:
+        raise ValueError(f"resume={name!r} continues a different fit: " + "; ".join(diffs)
+                         + f". Call learn.resume({name!r}) to continue with the saved arguments")
+    if args.checkpoint is not None:
+        saved_args.checkpoint, saved_args.checkpoint_every = args.checkpoint, args.checkpoint_every
+    position = Position()
+    position.load_state_dict(state["position"])
+    if (position.n_epochs, position.n_batches) != (schedule.n_epochs, schedule.batches_per_epoch):
+        raise ValueError(
+            f"the checkpoint is a fit of {position.n_epochs} epochs x {position.n_batches} batches but this one has "
+            f"{schedule.n_epochs} x {schedule.batches_per_epoch}: the training data or batch size changed since it "
+            "was written")
+    saved_order = state["data"].get("order")
+    if saved_order is not None and position.stage == "train" and position.batch_idx > 0:
+        now = data_order(learn.data.train_dl, position.epoch).get("order")
+        if now is None or not torch.equal(now, saved_order):
+            raise ValueError("the training data order of the resumed epoch differs from the checkpoint's "
+                             "(different dataset, seed or sampler): resuming would not replay the same batches")
+    check_state_dict(learn.saved_model, state["model"], source=where)
+    groups = [len(g["params"]) for g in learn.opt.param_groups]
+    saved_groups = [len(g["params"]) for g in state["opt"]["param_groups"]]
+    if groups != saved_groups:
+        raise ValueError(f"the optimizer in {where} has param groups of sizes {saved_groups} but this learner's "
+                         f"has {groups}; was it saved with other layer groups?")
+    learn.saved_model.load_state_dict(state["model"])
+    learn.opt.load_state_dict(state["opt"])
+    position.settle()
+    return saved_args, position, [Resume(state["callbacks"], state["rng"], position.stage)]
+
+
+class Resume(Callback):
+    """Restores what a checkpoint holds beyond weights, optimizer and position (`resume_fit` builds it):
+    every callback's state at the end of ``before_fit`` (after the callbacks set themselves up), and the RNG
+    states at the start of the resumed epoch, or, when the fit continues between training batches, in
+    ``before_train`` (after the epoch's data iterator drew its seed)."""
+
+    order = 1000
+
+    def __init__(self, callback_states: Dict[str, Any], rng: Dict[str, Any], stage: str):
+        self.callback_states, self.rng, self.stage = callback_states, rng, stage
+
+    def before_fit(self, learn) -> None:
+        for key, cb in _keyed(learn.cbs):
+            if key in self.callback_states:
+                cb.load_state_dict(self.callback_states[key])
+
+    def before_epoch(self, learn) -> None:
+        if self.stage != "train":
+            self._restore_rng()
+
+    def before_train(self, learn) -> None:
+        self._restore_rng()
+
+    def _restore_rng(self) -> None:
+        if self.rng is not None:
+            set_rng_states(self.rng)
+            self.rng = None
+
+
+@contextmanager
+def preserved_state(learn) -> Iterator[None]:
+    """Put the learner back as it was after the block (which may train it, as the LR range test does): weights
+    and buffers (BatchNorm statistics), the optimizer (its state and settings, or none), every RNG state, the
+    position, the schedule, the fit's arguments and the model's train/eval mode."""
+    model = {k: v.detach().clone() for k, v in learn.saved_model.state_dict().items()}
+    opt = learn.opt
+    opt_state = copy.deepcopy(opt.state_dict()) if opt is not None else None
+    rng, position, training = get_rng_states(), copy.copy(learn.position), learn.model.training
+    schedule, fit_args = learn.schedule, learn.fit_args
+    try:
+        yield
+    finally:
+        learn.saved_model.load_state_dict(model)
+        learn.opt = opt
+        if opt is not None:
+            opt.load_state_dict(opt_state)
+        set_rng_states(rng)
+        learn.position, learn.schedule, learn.fit_args = position, schedule, fit_args
+        learn.model.train(training)
