@@ -53,7 +53,7 @@ class FitArgs:
         for k in options:
             if k not in names:
                 near = difflib.get_close_matches(k, names, n=1)
-                hint = f"; did you mean {near[0]!r}?" if near else f"; fit takes {names[2:]}"
+                hint = f"; did you mean {near[0]!r}?" if near else f"; fit takes callbacks, resume and {names[2:]}"
                 raise TypeError(f"fit() got an unexpected keyword argument {k!r}{hint}")
         return cls(lrs, n_cycle, **options)
 

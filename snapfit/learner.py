@@ -29,7 +29,7 @@ from .models.tensor import as_module
 from .optim import closure_callbacks, create_opt
 from .position import Position
 from .predict import predict, predict_dl, predict_with_targs, tta
-from .resume import read_checkpoint, resume_fit
+from .resume import read_checkpoint, resume_fit, saved_fit_args
 from .snapshots import average_snapshots, list_snapshots, load_cycle, predict_snapshots, saved_cycles
 
 __all__ = ["Learner"]
@@ -177,7 +177,7 @@ class Learner:
     def resume(self, name: str, callbacks: Optional[Iterable[Callback]] = None) -> Optional[List[float]]:
         """Continue the fit saved in checkpoint `name` (``fit(..., checkpoint=name)``) from where it was
         written, with the arguments stored in it."""
-        saved = dict(read_checkpoint(self.model_file(check_name(name, "name")))["fit_args"])
+        saved = saved_fit_args(read_checkpoint(self.model_file(check_name(name, "name"))), name)
         return self.fit(saved.pop("lrs"), saved.pop("n_cycle"), callbacks=callbacks, resume=name, **saved)
 
     lr_find = lr_find

@@ -33,8 +33,8 @@ from .io import DamagedFileError, check_name, check_state_dict, load_file
 from .position import Position
 from .rng import get_rng_states, set_rng_states
 
-__all__ = ["FORMAT", "VERSION", "read_checkpoint", "checkpoint_state", "resume_fit", "Resume", "callback_states",
-           "data_order", "preserved_state"]
+__all__ = ["FORMAT", "VERSION", "read_checkpoint", "saved_fit_args", "checkpoint_state", "resume_fit", "Resume",
+           "callback_states", "data_order", "preserved_state"]
 
 FORMAT = "snapfit.checkpoint"
 VERSION = 2  # 2: the position has a stage; 1: the position was the next batch to run
@@ -54,6 +54,15 @@ def read_checkpoint(path) -> Dict[str, Any]:
         pos = state["position"]
         pos["stage"] = "validate" if pos["batch_idx"] >= pos["n_batches"] else "train" if pos["batch_idx"] else "start"
     return state
+
+
+def saved_fit_args(state: Dict[str, Any], name: str) -> Dict[str, Any]:
+    """The arguments of ``fit`` stored in a checkpoint; a clear error when it was not written by ``fit``."""
+    args = dict(state["fit_args"])
+    if "lrs" not in args:
+        raise ValueError(f"checkpoint {name!r} was not written by learn.fit (its fit was {args or 'unknown'}); "
+                         "only fits started with learn.fit(..., checkpoint=name) can be resumed")
+    return args
 
 
 def _keyed(cbs) -> Iterator[Tuple[str, Callback]]:
@@ -112,7 +121,7 @@ def resume_fit(learn, name: str, args, schedule) -> Tuple[Any, Position, List[Ca
     learn.barrier()  # under torchrun: rank 0 has finished writing
     where = f"checkpoint {name!r}"
     state = read_checkpoint(learn.model_file(check_name(name, "resume")))
-    saved_args = type(args)(**state["fit_args"])
+    saved_args = type(args)(**saved_fit_args(state, name))
     saved, call = saved_args.schedule_args(), args.schedule_args()
     diffs = [f"{k}: checkpoint has {saved[k]!r}, this call {call[k]!r}"
              for k in saved if _norm(saved[k]) != _norm(call[k])]

@@ -195,3 +195,30 @@ def test_public_api_bad_inputs(make_learner, tmp_path, what, call, exc, message)
 def test_constructor_bad_inputs(call, message):
     with pytest.raises(ValueError, match=_re(message)):
         call()
+
+
+def test_fit_keyword_typo_names_the_argument(make_learner):
+    learn = make_learner()
+    with pytest.raises(TypeError, match=_re("fit() got an unexpected keyword argument 'cycle_length'; "
+                                            "did you mean 'cycle_len'?")):
+        learn.fit(0.1, 2, cycle_length=1)
+    assert learn.opt is None and learn.sched.losses == [], "nothing ran"
+
+
+def test_fit_signature_lists_every_fit_argument():
+    import dataclasses
+    import inspect
+
+    from snapfit import FitArgs
+    params = inspect.signature(Learner.fit).parameters
+    assert [f.name for f in dataclasses.fields(FitArgs)] == [p for p in params if p not in ("self", "callbacks",
+                                                                                             "resume")]
+    assert params["cycle_mult"].default == 1 and params["checkpoint_every"].default == "epoch"
+
+
+def test_resuming_a_fit_schedule_checkpoint_is_refused_clearly(make_learner):
+    from snapfit import Checkpoint, StepDecay
+    learn = make_learner()
+    learn.fit_schedule(StepDecay([0.1], 5, 2, milestones=(1,)), callbacks=[Checkpoint("c")])
+    with pytest.raises(ValueError, match="checkpoint 'c' was not written by learn.fit"):
+        learn.resume("c")

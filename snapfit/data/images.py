@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..checks import check_int
 from .core import DataBunch, EpochShuffleSampler
 
 __all__ = ["ImageClassifierData", "ImageFileDataset", "ImageArrayDataset", "ImageLoadError", "IMAGE_EXTENSIONS",
@@ -173,8 +174,7 @@ class ImageClassifierData(DataBunch):
     def __init__(self, path, trn_ds, val_ds, classes: Sequence, bs: int = 64, test_ds=None,
                  tfms: Tuple[Optional[Callable], Optional[Callable]] = (None, None), num_workers: Optional[int] = None,
                  seed: int = 0, pin_memory: Optional[bool] = None):
-        if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1:
-            raise ValueError(f"bs must be a positive int, got {bs!r}")
+        check_int("bs", bs)
         if len(trn_ds) == 0:
             raise ValueError("the training set is empty: no images were found")
         self.path, self.bs, self.seed = Path(path), bs, seed

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
+from ..checks import check_int
+
 __all__ = [
     "imagenet_stats", "RandomDihedral", "transforms_basic", "transforms_side_on", "transforms_top_down",
     "tfms_from_stats", "tfms_from_model", "stats_for_arch",
@@ -48,8 +50,7 @@ def tfms_from_stats(stats, sz: int, aug_tfms: Optional[Sequence[Callable]] = Non
     """(train, validation) pipelines for square `sz` images normalised with ``stats = (mean, std)``.
     Training: resize the short side to `sz` (to a random size up to ``sz * max_zoom`` with `max_zoom`),
     `aug_tfms`, crop `sz` at random (``crop='center'`` to crop the centre). Validation: resize, centre crop."""
-    if not isinstance(sz, int) or sz < 1:
-        raise ValueError(f"sz must be a positive int (image side in pixels), got {sz!r}")
+    check_int("sz", sz, what="a positive int (image side in pixels)")
     if max_zoom is not None and max_zoom < 1:
         raise ValueError(f"max_zoom must be >= 1, got {max_zoom}")
     if crop not in ("random", "center"):
