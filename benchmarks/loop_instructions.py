@@ -3,7 +3,8 @@ repeatable on a shared machine where wall-clock times swing.
 
     python benchmarks/loop_instructions.py [--batches 40] [--bs 32]
 
-Each side (the plain loop of `overhead.py`, and `learn.fit` with its default callbacks) runs in its own
+Each side (the plain loop of `overhead.py`, and `learn.fit` with its default callbacks but the progress bar,
+which refreshes by the clock and so far more often per batch under valgrind's 50x slowdown) runs in its own
 process under ``valgrind --tool=callgrind`` twice, for N and 6N training batches (MLP 64-256-256-10 on
 digits, one thread, SGDR per batch, no validation); the difference divided by 5N is the cost of one batch
 without the start-up. Needs valgrind (Debian: ``apt-get install valgrind``)."""
@@ -41,7 +42,7 @@ def run_side(side: str, n_batches: int, bs: int) -> None:
         data.valid_dl = []
         plain_fit(model, data, 0.05, 1, 1, torch.device("cpu"))
     else:
-        learn = Learner(model, data, loss_func=F.cross_entropy, device="cpu", path=tempfile.mkdtemp())
+        learn = Learner(model, data, loss_func=F.cross_entropy, device="cpu", path=tempfile.mkdtemp(), progress=False)
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             learn.fit(0.05, 1, cycle_len=1)
 
@@ -52,7 +53,8 @@ def count(side: str, n_batches: int, bs: int) -> int:
         out = os.path.join(tmp, "cg.out")
         cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__,
                "--side", side, "--batches", str(n_batches), "--bs", str(bs)]
-        p = subprocess.run(cmd, capture_output=True, text=True)
+        env = dict(os.environ, PYTHONHASHSEED="0")  # the same hashes, dict orders and so instructions every run
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if p.returncode != 0:
             raise RuntimeError(p.stderr[-2000:])
         m = re.search(r"Collected : (\d+)", p.stderr)

@@ -28,12 +28,12 @@ order  callback                why there
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 __all__ = [
     "EVENTS", "Callback", "CancelFitException", "CancelEpochException", "CancelTrainException",
     "CancelValidException", "CancelBatchException", "CancelBackwardException",
-    "CancelStepException", "CancelException",
+    "CancelStepException", "CancelException", "callback_list",
 ]
 
 #: Events in the order the loop fires them. `cleanup_fit` is the exception: it always runs
@@ -92,3 +92,18 @@ class Callback:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(order={self.order})"
+
+
+def callback_list(cbs: Any) -> List[Callback]:
+    """`cbs` (a list or tuple of callbacks; a callback class is instantiated) as a list, with a clear TypeError
+    for a single callback or anything that is not a callback."""
+    if isinstance(cbs, Callback) or isinstance(cbs, type) and issubclass(cbs, Callback):
+        one = cbs.__name__ if isinstance(cbs, type) else type(cbs).__name__
+        raise TypeError(f"callbacks must be a list of Callback instances, got a single {one}: pass callbacks=[...]")
+    if isinstance(cbs, (str, bytes)) or not hasattr(cbs, "__iter__"):
+        raise TypeError(f"callbacks must be a list of Callback instances, got {cbs!r}")
+    out = [cb() if isinstance(cb, type) and issubclass(cb, Callback) else cb for cb in cbs]
+    for cb in out:
+        if not isinstance(cb, Callback):
+            raise TypeError(f"callbacks must be Callback instances, got {cb!r}")
+    return out

@@ -40,7 +40,10 @@ def prepare(device: Union[str, torch.device, None], data) -> Tuple[torch.device,
     env = torchrun_env()
     if env is not None and device is None:
         device = f"cuda:{env['local_rank']}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device) if device is not None else default_device()
+    try:
+        dev = torch.device(device) if device is not None else default_device()
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' (or a torch.device), got {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but CUDA is not available; pass device='cpu' or leave it None")
     if env is None:

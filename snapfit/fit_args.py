@@ -17,7 +17,7 @@ from .callbacks.schedule import SGDR, ConstantLR, ParamScheduler, Schedule
 from .callbacks.snapshot import CycleSnapshot
 from .callbacks.swa import SWA
 from .checks import check_bool, check_int, is_int, per_group
-from .core import Callback
+from .core import Callback, callback_list
 from .data.core import n_train_batches
 from .io import check_name
 from .position import Position
@@ -53,7 +53,8 @@ class FitArgs:
         for k in options:
             if k not in names:
                 near = difflib.get_close_matches(k, names, n=1)
-                hint = f"; did you mean {near[0]!r}?" if near else f"; fit takes callbacks, resume and {names[2:]}"
+                others = ["callbacks", "resume", "allow_nonfinite"] + names[2:]
+                hint = f"; did you mean {near[0]!r}?" if near else f"; fit takes {others}"
                 raise TypeError(f"fit() got an unexpected keyword argument {k!r}{hint}")
         return cls(lrs, n_cycle, **options)
 
@@ -153,4 +154,4 @@ def fit_schedule(learn, schedule: Schedule, wds=None, callbacks: Optional[Iterab
     wd_vals = per_group("wds", learn.wd if wds is None else wds, n_groups)
     learn.fit_args = {"schedule": schedule.describe()}
     position = Position(n_epochs=schedule.n_epochs, n_batches=n_batches)
-    return learn.run_fit(position, [ParamScheduler(schedule, wd_vals), *(callbacks or [])])
+    return learn.run_fit(position, [ParamScheduler(schedule, wd_vals), *callback_list(callbacks or [])])

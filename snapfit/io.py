@@ -18,9 +18,11 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Union
 import torch
 from torch import nn
 
+from .finite import check_loaded
+
 __all__ = [
     "atomic_save", "atomic_write_bytes", "atomic_write_json", "load_file", "check_name",
-    "check_state_dict", "load_state", "load_weights", "unwrap_model", "DamagedFileError",
+    "check_state_dict", "load_state", "unwrap_model", "DamagedFileError",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -55,9 +57,24 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (/proc), else set and put back."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    mask = os.umask(0o022)  # pragma: no cover
+    os.umask(mask)  # pragma: no cover
+    return mask  # pragma: no cover
+
+
 def atomic_write_bytes(data: Union[bytes, Callable[[Any], None]], path: PathLike) -> Path:
     """Write `data` to `path` atomically (temp file in the same folder, fsync, ``os.replace``). `data` is
-    bytes, or a function that writes into the open binary file it is given."""
+    bytes, or a function that writes into the open binary file it is given. The file gets the permissions
+    a plain ``open(path, 'wb')`` would give it (0666 less the umask), not the temp file's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -69,6 +86,7 @@ def atomic_write_bytes(data: Union[bytes, Callable[[Any], None]], path: PathLike
                 f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -104,14 +122,19 @@ def _siblings(path: Path) -> list:
 def load_file(path: PathLike, map_location: Any = None) -> Any:
     """Load a file written by `atomic_save` with ``weights_only=True``.
 
-    A missing file raises FileNotFoundError listing the files beside it; a damaged one raises
-    `DamagedFileError` (a ValueError) naming the file and the other files still available;
-    a file holding pickled code raises `pickle.UnpicklingError` saying it was refused."""
+    A missing file raises FileNotFoundError listing the files beside it; a damaged one, or one that is not a
+    torch file at all, raises `DamagedFileError` (a ValueError) naming the file and the other files still
+    available; a file holding pickled code raises `pickle.UnpicklingError` saying it was refused."""
     path = Path(path)
     if not path.is_file():
         others = _siblings(path)
         hint = f"; files in {path.parent}: {others}" if others else f"; {path.parent} holds no .pt files"
         raise FileNotFoundError(f"no such file: {path}{hint}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip archive, or its legacy pickle format
+        what = "empty" if not head else f"not a snapfit/torch file (it starts with {head!r})"
+        raise DamagedFileError(f"{path} is {what}; {_available(path)}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -132,11 +155,14 @@ def _unpickler_detail(msg: str) -> str:
     return (found or lines or [""])[0]
 
 
-def _damaged_message(path: Path, err: BaseException) -> str:
+def _available(path: Path) -> str:
     others = _siblings(path)
-    avail = f"other files in {path.parent}: {others}" if others else f"no other .pt files in {path.parent}"
+    return f"other files in {path.parent}: {others}" if others else f"no other .pt files in {path.parent}"
+
+
+def _damaged_message(path: Path, err: BaseException) -> str:
     first = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return f"{path} is damaged (truncated or corrupted) and cannot be loaded ({first}); {avail}"
+    return f"{path} is damaged (truncated or corrupted) and cannot be loaded ({first}); {_available(path)}"
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -188,12 +214,10 @@ def check_state_dict(model: nn.Module, state: Mapping[str, Any], source: Optiona
         + "; ".join(parts) + ". Was it saved from a different architecture?")
 
 
-def load_state(model: nn.Module, state: Mapping[str, Any], source: Optional[str] = None) -> None:
-    """Load the state dict `state` into `model` (under any wrapper) after `check_state_dict` found it fits."""
+def load_state(model: nn.Module, state: Mapping[str, Any], source: Optional[str] = None,
+               allow_nonfinite: bool = False) -> None:
+    """Load the state dict `state` into `model` (under any wrapper) once `check_state_dict` found it fits and
+    it holds no NaN or inf (`NonFiniteWeightsError` naming the tensors, unless `allow_nonfinite`)."""
     check_state_dict(model, state, source=source)
+    check_loaded(state, source or "the state dict", allow_nonfinite)
     unwrap_model(model).load_state_dict(state)
-
-
-def load_weights(model: nn.Module, path: PathLike, map_location: Any = None) -> None:
-    """Load the weights file `path` (`load_file`: weights only) into `model`; a mismatch names the keys."""
-    load_state(model, load_file(path, map_location=map_location), source=str(path))

@@ -20,17 +20,18 @@ from .callbacks.nan import TerminateOnNaN
 from .callbacks.progress import ProgressCallback
 from .callbacks.recorder import Recorder
 from .callbacks.schedule import Schedule
+from .checks import check_callable, check_callables, check_float, check_path
 from .core import Callback
 from .data.core import check_data, epoch_batches, n_train_batches, split_batch
 from .distributed import all_reduce_sum, barrier, is_distributed, is_main_process, prepare
 from .fit_args import FitArgs, fit_schedule, fit_signature
-from .io import atomic_save, check_name, load_weights, unwrap_model
+from .io import check_name, unwrap_model
 from .models.tensor import as_module
-from .optim import closure_callbacks, create_opt
+from .optim import create_opt, step_callbacks
 from .position import Position
 from .predict import predict, predict_dl, predict_with_targs, tta
 from .resume import read_checkpoint, resume_fit, saved_fit_args
-from .snapshots import average_snapshots, list_snapshots, load_cycle, predict_snapshots, saved_cycles
+from .snapshots import average_snapshots, list_snapshots, load, load_cycle, predict_snapshots, save, saved_cycles
 
 __all__ = ["Learner"]
 
@@ -59,11 +60,12 @@ class Learner:
         self.loss_func = loss_func if loss_func is not None else getattr(data, "loss_func", None)
         if self.loss_func is None:
             raise ValueError("loss_func is required for this data (e.g. loss_func=nn.CrossEntropyLoss())")
-        self.opt_func = opt_func if opt_func is not None else partial(torch.optim.SGD, momentum=0.9)
-        self.metrics = list(metrics)
-        if not all(callable(m) for m in self.metrics):
-            raise TypeError(f"metrics must be callables f(preds, targets), got {self.metrics!r}")
-        self.path, self.model_dir, self.wd = Path(path), model_dir, float(wd)
+        check_callable("loss_func", self.loss_func, "a callable loss(preds, targets) such as nn.CrossEntropyLoss()")
+        opt_func = partial(torch.optim.SGD, momentum=0.9) if opt_func is None else opt_func
+        self.opt_func = check_callable("opt_func", opt_func, "an optimizer class such as torch.optim.Adam")
+        self.metrics = check_callables("metrics", metrics, "callables f(preds, targets)")
+        self.path, self.model_dir = check_path("path", path), check_name(model_dir, "model_dir")
+        self.wd = check_float("wd", wd, what="a finite number >= 0 (the weight decay)")
         self.layer_groups: List[nn.Module] = check_layer_groups(self.model, layer_groups)
         self.frozen_groups: List[int] = []
         self.bn_frozen = False
@@ -77,7 +79,7 @@ class Learner:
         self.cbs: List[Callback] = []
         self.recorder: Optional[Recorder] = None
         self.add_cbs([Recorder(), TerminateOnNaN(), ProgressCallback(bars=progress), FreezeBatchNorm(),
-                      DeferredInterrupt(), *scale_out, *callbacks])
+                      DeferredInterrupt(), *scale_out, *core.callback_list(callbacks)])
 
     # ------------------------------------------------------------------ position (read-only views)
     epoch = property(lambda self: self.position.epoch, doc="The epoch in progress (see `snapfit.position`).")
@@ -102,10 +104,7 @@ class Learner:
     # ------------------------------------------------------------------ callbacks
     def add_cbs(self, cbs: Iterable[Callback]) -> List[Callback]:
         """Add callbacks (kept for every later fit); returns those added."""
-        added = [cb() if isinstance(cb, type) else cb for cb in cbs]
-        for cb in added:
-            if not isinstance(cb, Callback):
-                raise TypeError(f"callbacks must be Callback instances, got {cb!r}")
+        added = core.callback_list(cbs)
         self.cbs.extend(added)
         self._build_handlers()
         return added
@@ -155,30 +154,33 @@ class Learner:
 
     # ------------------------------------------------------------------ fit
     def fit(self, lrs, n_cycle: int, wds=None, *, callbacks: Optional[Iterable[Callback]] = None,
-            resume: Optional[str] = None, **options) -> Optional[List[float]]:
+            resume: Optional[str] = None, allow_nonfinite: bool = False, **options) -> Optional[List[float]]:
         """Train with fastai 0.7 semantics: `n_cycle` epochs at constant `lrs`, or with `cycle_len`, `n_cycle` SGDR
         cycles (``lr = lr_max/2 * (1 + cos(pi*t/nb))`` set every batch) with a snapshot at each cycle end. The
         keyword options are the fields of `FitArgs` (documented there); `callbacks` are added for this fit;
-        `resume='ckpt'` continues the fit saved in that checkpoint. Returns the last ``[val_loss, *metrics]``."""
+        `resume='ckpt'` continues the fit saved in that checkpoint (refused when it holds NaN or inf, unless
+        `allow_nonfinite`). Returns the last ``[val_loss, *metrics]``."""
         args = FitArgs.from_call(lrs, n_cycle, dict(options, wds=wds))  # every argument checked first
         opt = self.opt if self.opt is not None else self.create_opt()
         args = args.for_groups(len(opt.param_groups), self.wd)
         schedule = args.schedule(n_train_batches(self.data.train_dl))
         position, extra = args.start_position(schedule), []
         if resume is not None:  # checks the checkpoint against this fit, restores weights and optimizer
-            args, position, extra = resume_fit(self, resume, args, schedule)
+            args, position, extra = resume_fit(self, resume, args, schedule, allow_nonfinite)
         self.fit_args = args.to_dict()
-        return self.run_fit(position, [*args.callbacks(schedule), *extra, *(callbacks or [])])
+        return self.run_fit(position, [*args.callbacks(schedule), *extra, *core.callback_list(callbacks or [])])
 
     fit.__signature__ = fit_signature(fit)
 
     fit_schedule = fit_schedule
 
-    def resume(self, name: str, callbacks: Optional[Iterable[Callback]] = None) -> Optional[List[float]]:
+    def resume(self, name: str, callbacks: Optional[Iterable[Callback]] = None,
+               allow_nonfinite: bool = False) -> Optional[List[float]]:
         """Continue the fit saved in checkpoint `name` (``fit(..., checkpoint=name)``) from where it was
         written, with the arguments stored in it."""
         saved = saved_fit_args(read_checkpoint(self.model_file(check_name(name, "name"))), name)
-        return self.fit(saved.pop("lrs"), saved.pop("n_cycle"), callbacks=callbacks, resume=name, **saved)
+        return self.fit(saved.pop("lrs"), saved.pop("n_cycle"), callbacks=callbacks, resume=name,
+                        allow_nonfinite=allow_nonfinite, **saved)
 
     lr_find = lr_find
 
@@ -186,9 +188,10 @@ class Learner:
     def run_fit(self, position: Position, callbacks: Iterable[Callback] = ()) -> Optional[List[float]]:
         """The loop from `position` with `callbacks` added for this run (the optimizer must exist): what `fit`,
         `fit_schedule` and `lr_find` call. Returns the recorder's last ``[val_loss, *metrics]``."""
+        stepping = step_callbacks(self.opt)  # checks there is something to train
         self.position = position
         position.settle()
-        added = self.add_cbs([*callbacks, *closure_callbacks(self.opt)])
+        added = self.add_cbs([*callbacks, *stepping])
         try:
             self._with_events("fit", self._do_fit, core.CancelFitException)
         finally:
@@ -331,19 +334,7 @@ class Learner:
         """Path of the weights file called `name`."""
         return self.models_path / f"{check_name(name)}.pt"
 
-    def save(self, name: str) -> Path:
-        """Save the model's state dict to ``{path}/{model_dir}/{name}.pt`` atomically (main process only)."""
-        path = self.model_file(name)
-        if self.is_main_process:
-            atomic_save(self.saved_model.state_dict(), path)
-        return path
-
-    def load(self, name: str) -> "Learner":
-        """Load weights saved by `save` (weights_only); a mismatch names the offending keys."""
-        path = self.model_file(name)
-        self.barrier()  # under torchrun: rank 0 has finished writing
-        load_weights(self.saved_model, path, map_location=self.device)
-        return self
+    save, load = save, load
 
     def __repr__(self) -> str:
         return (f"Learner(model={type(self.saved_model).__name__}, device={self.device}, "

@@ -10,7 +10,7 @@ from torch import nn
 
 from .core import Callback, CancelStepException
 
-__all__ = ["create_opt", "needs_closure", "ClosureStep", "closure_callbacks"]
+__all__ = ["create_opt", "needs_closure", "ClosureStep", "step_callbacks"]
 
 
 def create_opt(layer_groups: Sequence[nn.Module], opt_func: Callable) -> torch.optim.Optimizer:
@@ -21,6 +21,9 @@ def create_opt(layer_groups: Sequence[nn.Module], opt_func: Callable) -> torch.o
         params = [p for p in lg.parameters() if id(p) not in seen]
         seen.update(id(p) for p in params)
         groups.append({"params": params, "lr": 1e-3})
+    if not seen:
+        raise ValueError("the model has no parameters to train: give a model with parameters (nn.Module with "
+                         "weights), or a tensor to optimise")
     return opt_func(groups)
 
 
@@ -57,6 +60,10 @@ class ClosureStep(Callback):
         raise CancelStepException()
 
 
-def closure_callbacks(opt) -> List[Callback]:
-    """``[ClosureStep()]`` when `opt` needs a closure, else nothing."""
+def step_callbacks(opt) -> List[Callback]:
+    """What stepping `opt` needs in a fit: ``[ClosureStep()]`` when it needs a closure, else nothing. A clear
+    error when it has nothing to train (no parameter, or every one frozen)."""
+    if not any(p.requires_grad for g in opt.param_groups for p in g["params"]):
+        raise ValueError("the model has no trainable parameters (none, or every one has requires_grad=False): "
+                         "unfreeze some (learn.unfreeze() or learn.freeze_to(n)) or give a model with parameters")
     return [ClosureStep()] if needs_closure(opt) else []

@@ -1,6 +1,7 @@
 """Predictions: model outputs over a loader, on the validation or test set, and test-time augmentation."""
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Tuple
 
 import numpy as np
@@ -57,6 +58,10 @@ def tta(learn, n_aug: int = 4, is_test: bool = False) -> Tuple[np.ndarray, Optio
     if not callable(getattr(learn.data, "aug_dl", None)):
         raise ValueError("TTA needs data with training transforms to augment with (ImageClassifierData); "
                          f"{type(learn.data).__name__} has none")
-    preds, targs = predict_dl(learn, eval_loader(learn.data, is_test))
-    aug = [predict_dl(learn, learn.data.aug_dl(is_test))[0] for _ in range(n_aug)]
+    preds, targs = learn.predict_dl(eval_loader(learn.data, is_test))
+    aug = [learn.predict_dl(learn.data.aug_dl(is_test))[0] for _ in range(n_aug)]
+    if aug and all(np.array_equal(a, preds) for a in aug):
+        warnings.warn("TTA: the training transforms changed nothing (tfms[0] has no random augmentation for these "
+                      "images), so every augmented pass repeats the plain prediction; add aug_tfms (e.g. "
+                      "transforms_side_on) or max_zoom to tfms_from_model, or use learn.predict()", stacklevel=3)
     return np.stack([preds] + aug), targs

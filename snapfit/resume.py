@@ -29,6 +29,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import torch
 
 from .core import Callback
+from .finite import check_loaded
 from .io import DamagedFileError, check_name, check_state_dict, load_file
 from .position import Position
 from .rng import get_rng_states, set_rng_states
@@ -113,11 +114,12 @@ def _norm(v):
     return [float(x) for x in v] if isinstance(v, (list, tuple)) else v
 
 
-def resume_fit(learn, name: str, args, schedule) -> Tuple[Any, Position, List[Callback]]:
+def resume_fit(learn, name: str, args, schedule, allow_nonfinite: bool = False) -> Tuple[Any, Position, List[Callback]]:
     """Continue the fit saved in checkpoint `name`: check it against this fit's `args` (a `FitArgs`) and
-    `schedule` and against the learner, then restore the weights and the optimizer. Returns the fit's
-    arguments (the checkpoint cadence is inherited unless this call names its own), the position to start
-    from and ``[Resume(...)]``. Nothing is changed when a check fails."""
+    `schedule` and against the learner (and that its weights and optimizer state are finite, unless
+    `allow_nonfinite`), then restore the weights and the optimizer. Returns the fit's arguments (the checkpoint
+    cadence is inherited unless this call names its own), the position to start from and ``[Resume(...)]``.
+    Nothing is changed when a check fails."""
     learn.barrier()  # under torchrun: rank 0 has finished writing
     where = f"checkpoint {name!r}"
     state = read_checkpoint(learn.model_file(check_name(name, "resume")))
@@ -149,6 +151,7 @@ def resume_fit(learn, name: str, args, schedule) -> Tuple[Any, Position, List[Ca
     if groups != saved_groups:
         raise ValueError(f"the optimizer in {where} has param groups of sizes {saved_groups} but this learner's "
                          f"has {groups}; was it saved with other layer groups?")
+    check_loaded({"model": state["model"], "optimizer": state["opt"]["state"]}, where, allow_nonfinite)
     learn.saved_model.load_state_dict(state["model"])
     learn.opt.load_state_dict(state["opt"])
     position.settle()

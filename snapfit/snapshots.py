@@ -1,4 +1,6 @@
-"""Using the per-cycle snapshots of a fit: list them, ensemble their predictions, average their weights.
+"""Weight files: `save` and `load` a learner's weights, and the per-cycle snapshots of a fit: their names,
+loading one, listing them, ensembling their predictions, averaging their weights. Nothing non-finite is
+written, and loading refuses NaN or inf weights unless ``allow_nonfinite=True``.
 
 "Snapshot Ensembles: Train 1, get M for free" (Huang et al. 2017): the weights saved at the end of each
 SGDR cycle are different good models; averaging their softmax outputs is an ensemble at no extra
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -15,11 +18,41 @@ import torch
 
 from . import batchnorm
 from .checks import check_int, is_int
-from .io import check_name, check_state_dict, load_file, load_state
+from .finite import check_loaded, raise_if_nonfinite_state
+from .io import atomic_save, check_name, check_state_dict, load_file, load_state
 from .predict import eval_loader
+from .resume import FORMAT as CHECKPOINT_FORMAT
 
-__all__ = ["snapshot_name", "saved_cycles", "load_cycle", "list_snapshots", "resolve_cycles", "predict_snapshots",
-           "average_snapshots", "softmax_np"]
+__all__ = ["save", "load", "snapshot_name", "saved_cycles", "load_cycle", "list_snapshots", "resolve_cycles",
+           "predict_snapshots", "average_snapshots", "softmax_np"]
+
+
+def save(learn, name: str) -> Path:
+    """Save the model's state dict to ``{path}/{model_dir}/{name}.pt`` atomically (main process only); weights
+    holding NaN or inf are not written (`NonFiniteWeightsError`). Returns the path."""
+    path = learn.model_file(name)
+    state = learn.saved_model.state_dict()
+    raise_if_nonfinite_state(learn, {"weights": state}, path)
+    if learn.is_main_process:
+        atomic_save(state, path)
+    return path
+
+
+def load(learn, name: str, allow_nonfinite: bool = False):
+    """Load weights saved by `save` (weights only): a mismatch names the offending keys, NaN or inf weights are
+    refused unless `allow_nonfinite`. Returns the learner."""
+    path = learn.model_file(name)
+    learn.barrier()  # under torchrun: rank 0 has finished writing
+    _load_weights(learn, path, allow_nonfinite)
+    return learn
+
+
+def _load_weights(learn, path: Path, allow_nonfinite: bool = False) -> None:
+    state = load_file(path, map_location=learn.device)
+    if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is a checkpoint of a whole fit, not a weights file: continue its fit with "
+                         f"learn.resume({path.stem!r}) (or fit(..., resume={path.stem!r}))")
+    load_state(learn.saved_model, state, source=str(path), allow_nonfinite=allow_nonfinite)
 
 
 def snapshot_name(name: str, cycle: int) -> str:
@@ -36,9 +69,9 @@ def saved_cycles(learn, name: str) -> List[int]:
     return sorted(int(m.group(1)) for p in learn.models_path.iterdir() if (m := pattern.fullmatch(p.name)))
 
 
-def load_cycle(learn, name: str, cycle: int):
+def load_cycle(learn, name: str, cycle: int, allow_nonfinite: bool = False):
     """Load the snapshot saved at the end of cycle `cycle` of a fit with ``cycle_save_name=name`` (a missing one
-    lists the saved cycles); returns the learner."""
+    lists the saved cycles; NaN or inf weights are refused unless `allow_nonfinite`). Returns the learner."""
     check_int("cycle", cycle, minimum=0)
     path = learn.model_file(snapshot_name(name, cycle))
     if not path.is_file():
@@ -46,13 +79,8 @@ def load_cycle(learn, name: str, cycle: int):
         have = f"saved cycles of {name!r}: {saved}" if saved else f"no cycles of {name!r} are saved"
         raise FileNotFoundError(f"cycle {cycle} of {name!r} was never saved in {learn.models_path} ({have})")
     learn.barrier()  # under torchrun: rank 0 has finished writing
-    _load_snapshot(learn, name, cycle)
+    _load_weights(learn, path, allow_nonfinite)
     return learn
-
-
-def _load_snapshot(learn, name: str, cycle: int) -> None:
-    path = learn.model_file(snapshot_name(name, cycle))
-    load_state(learn.saved_model, load_file(path, map_location=learn.device), source=str(path))
 
 
 def softmax_np(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -82,6 +110,8 @@ def list_snapshots(learn, name: str) -> List[Dict[str, Any]]:
 
 def resolve_cycles(learn, name: str, cycles: Optional[Sequence[int]] = None, last: Optional[int] = None) -> List[int]:
     """The cycles to use: `cycles` as given (each must be saved), the `last` M saved ones, or all."""
+    if cycles is not None and (is_int(cycles) or not hasattr(cycles, "__iter__")):
+        raise TypeError(f"cycles must be a list of cycle indices, got {cycles!r}: pass cycles=[{cycles!r}]")
     saved = saved_cycles(learn, name)
     if not saved:
         raise FileNotFoundError(f"no snapshots named {name!r} in {learn.models_path} (files "
@@ -120,7 +150,7 @@ def predict_snapshots(learn, name: str, cycles: Optional[Sequence[int]] = None, 
     total, targs = None, None
     try:
         for c in chosen:
-            _load_snapshot(learn, name, c)
+            _load_weights(learn, learn.model_file(snapshot_name(name, c)))
             if tta:
                 outs, targs = learn.TTA(n_aug=n_aug, is_test=is_test)
                 probs = softmax_np(outs).mean(0)
@@ -160,6 +190,7 @@ def average_snapshots(learn, name: str, cycles: Optional[Sequence[int]] = None, 
         path = learn.model_file(snapshot_name(name, c))
         state = load_file(path, map_location=learn.device)
         check_state_dict(model, state, source=str(path))
+        check_loaded(state, str(path), allow_nonfinite=False)
         _accumulate(avg, state, n)
         del state
     own = model.state_dict()

@@ -176,7 +176,8 @@ def test_predict_snapshots_with_tta(digits, tmp_path):
     torch.manual_seed(0)
     learn = Learner(simple_cnn(10, in_channels=3, widths=(8,)), data, path=tmp_path, progress=False, device="cpu")
     learn.fit(0.05, 2, cycle_len=1, cycle_save_name="s")
-    probs, y = learn.predict_snapshots("s", tta=True)
-    # no random augmentation in these transforms: TTA passes equal the plain one
+    with pytest.warns(UserWarning, match="TTA: the training transforms changed nothing"):
+        probs, y = learn.predict_snapshots("s", tta=True)
+    # no random augmentation in these transforms: TTA passes equal the plain one (and TTA says so)
     np.testing.assert_allclose(probs, learn.predict_snapshots("s")[0], atol=1e-6)
     assert probs.shape == (50, 10) and np.array_equal(y, y_val[:50])

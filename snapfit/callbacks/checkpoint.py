@@ -11,10 +11,10 @@ import torch
 
 from ..checks import is_int
 from ..core import Callback
+from ..finite import NonFiniteError, raise_if_nonfinite_loss, raise_if_nonfinite_state
 from ..io import atomic_save, check_name
 from ..resume import checkpoint_state, read_checkpoint
 from ..rng import get_rng_states
-from .nan import raise_if_nonfinite
 
 __all__ = ["Checkpoint", "read_checkpoint"]
 
@@ -81,14 +81,11 @@ class Checkpoint(Callback):
     def cleanup_fit(self, learn) -> None:
         if not learn.interrupted:
             return
-        rec = learn.recorder
-        if rec is not None:
-            rec.flush()
-            if rec.nonfinite is not None:
-                print(f"snapfit: interrupted after the loss went non-finite (iteration {rec.nonfinite_at}); "
-                      f"no checkpoint written, the last one is kept", file=sys.stderr, flush=True)
-                return
-        path = self.write(learn)
+        try:
+            path = self.write(learn)
+        except NonFiniteError as e:
+            print(f"snapfit: interrupted; no checkpoint written: {e}", file=sys.stderr, flush=True)
+            return
         if learn.is_main_process:
             print(f"snapfit: interrupted; checkpoint written to {path}; continue with "
                   f"learn.resume({self.ckpt_name!r})", file=sys.stderr, flush=True)
@@ -97,7 +94,8 @@ class Checkpoint(Callback):
     def write(self, learn) -> Optional[Path]:
         """Write the checkpoint of the learner as it stands (main process only, atomically) and return its path.
         Inside a training batch (before_batch .. after_step) the state is not whole: the write happens at the
-        batch's end and None is returned. Nothing is written after a non-finite training loss."""
+        batch's end and None is returned. Nothing non-finite is written: a NaN or infinite training loss, weight
+        or optimizer state stops the fit instead (`snapfit.finite`), and the previous file stays."""
         pos = learn.position
         if pos.stage == "batch":
             self._at_batch_end = True
@@ -105,10 +103,12 @@ class Checkpoint(Callback):
         self._at_batch_end = False
         if learn.recorder is not None:
             learn.recorder.flush()  # the losses up to now, so the NaN check below sees them all
-        raise_if_nonfinite(learn)
+        raise_if_nonfinite_loss(learn)
         rng = self._train_end_rng if pos.stage == "validate" and not learn.training else None
         path = learn.model_file(self.ckpt_name)
+        state = checkpoint_state(learn, rng)
+        raise_if_nonfinite_state(learn, {"weights": state["model"], "optimizer state": state["opt"]["state"]}, path)
         if learn.is_main_process:
-            atomic_save(checkpoint_state(learn, rng), path)
+            atomic_save(state, path)
         self.written.append((pos.iters_done, path))
         return path

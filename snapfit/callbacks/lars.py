@@ -14,13 +14,13 @@ norms are computed with ``torch._foreach_norm`` on the device: no host sync; the
 only when recorded (every `record_every` batches, default once per epoch)."""
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..checks import check_int
+from ..checks import check_bool, check_float, check_int
 from ..core import Callback
 from ..plots import finish_figure, new_figure
 
@@ -32,22 +32,39 @@ def default_lars_exclude(name: str, param: nn.Parameter) -> bool:
     return param.ndim <= 1 or name.endswith(".bias")
 
 
+def _exclusion(exclude) -> Callable[[str, nn.Parameter], bool]:
+    if exclude is None:
+        return default_lars_exclude
+    if callable(exclude):
+        return exclude
+    names = list(exclude) if isinstance(exclude, (list, tuple, set, frozenset)) else None
+    if names is None or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"exclude must be a function exclude(name, param) -> bool or a list of parameter names, "
+                        f"got {exclude!r}")
+    names = frozenset(names)
+    return lambda name, param: name in names
+
+
 class LARS(Callback):
-    """Scale each layer's update by its trust ratio (see the module docstring). `exclude(name, param)`
-    picks the tensors left out. The ratios of the included tensors are recorded every `record_every`
-    batches (None: at the last batch of each epoch) for ``learn.sched.plot_lars()``."""
+    """Scale each layer's update by its trust ratio (see the module docstring). `exclude` picks the tensors
+    left out: a function ``exclude(name, param) -> bool`` or a list of parameter names (default: biases and
+    1-d tensors). The ratios of the included tensors are recorded every `record_every` batches (None: at the
+    last batch of each epoch) for ``learn.sched.plot_lars()``."""
 
     order = 10  # in after_backward, before callbacks that step the optimizer themselves
     state_key = "lars"
 
     def __init__(self, trust_coef: float = 0.001, eps: float = 1e-8, clip: bool = False,
-                 exclude: Optional[Callable[[str, nn.Parameter], bool]] = None, record_every: Optional[int] = None):
-        if not trust_coef > 0:
-            raise ValueError(f"trust_coef must be > 0, got {trust_coef!r}")
+                 exclude: Union[Callable[[str, nn.Parameter], bool], Sequence[str], None] = None,
+                 record_every: Optional[int] = None):
+        self.trust_coef = check_float("trust_coef", trust_coef, what="> 0 and finite (the trust coefficient)")
+        if self.trust_coef == 0:
+            raise ValueError(f"trust_coef must be > 0 and finite (the trust coefficient), got {trust_coef!r}")
+        self.eps = check_float("eps", eps, what="a finite number >= 0 (added to the norms' denominator)")
+        self.clip = check_bool("clip", clip)
         if record_every is not None:
             check_int("record_every", record_every, what="a positive int or None (once per epoch)")
-        self.trust_coef, self.eps, self.clip = float(trust_coef), float(eps), bool(clip)
-        self.exclude = exclude or default_lars_exclude
+        self.exclude = _exclusion(exclude)
         self.record_every = record_every
         self.names: List[str] = []
         self.iterations: List[int] = []

@@ -7,6 +7,7 @@ validation sums are accumulated on the device and read back once per epoch."""
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from typing import Any, Dict, List, Optional
 
@@ -137,7 +138,8 @@ class Recorder(Callback):
         elif learn.loss is not None:
             n = _batch_size(learn)
             vals = [learn.loss.detach().float()]
-            vals += [_as_tensor(m(learn.pred, *learn.yb), learn.loss) for m in learn.metrics]
+            vals += [_as_tensor(m(learn.pred, *learn.yb), learn.loss, name)
+                     for m, name in zip(learn.metrics, self.metric_names)]
             batch = torch.stack(vals) * n if len(vals) > 1 else vals[0].reshape(1) * n
             self._val_sums = batch if self._val_sums is None else self._val_sums.add_(batch)
             self._val_count += n
@@ -249,7 +251,12 @@ def _batch_size(learn) -> int:
     return int(x.shape[0]) if hasattr(x, "shape") and len(x.shape) else 1
 
 
-def _as_tensor(v, like: torch.Tensor) -> torch.Tensor:
-    if torch.is_tensor(v):
+def _as_tensor(v, like: torch.Tensor, name: str) -> torch.Tensor:
+    """A metric's value for a batch as a 0-d float tensor on the loss's device (no host sync)."""
+    if torch.is_tensor(v) and v.numel() == 1 and not v.is_complex():
         return v.detach().reshape(()).float()
-    return torch.tensor(float(v), device=like.device)
+    if isinstance(v, numbers.Real) and not isinstance(v, bool):
+        return torch.tensor(float(v), device=like.device)
+    got = f"a tensor of shape {tuple(v.shape)}" if torch.is_tensor(v) else f"{type(v).__name__} {v!r}"
+    raise TypeError(f"metric {name} returned {got}; a metric returns one number per batch (a float or a "
+                    "one-element tensor), e.g. accuracy(preds, targets)")

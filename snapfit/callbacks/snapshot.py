@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 
 from ..core import Callback
+from ..finite import raise_if_nonfinite_state
 from ..io import atomic_write_json, check_name
 from ..snapshots import snapshot_name
 
@@ -29,9 +31,16 @@ class CycleSnapshot(Callback):
         cycle = learn.schedule.cycle_ending_at(done) if learn.schedule is not None else None
         if cycle is None:
             return
-        path = learn.save(snapshot_name(self.save_name, cycle))
         rec = learn.recorder
         val = rec.last_values if rec is not None and rec.last_values is not None else []
+        stem = snapshot_name(self.save_name, cycle)
+        if learn.data.valid_dl is not None and val and not math.isfinite(val[0]):
+            # weights that predict NaN: stop if they are not finite themselves, else leave this cycle out
+            raise_if_nonfinite_state(learn, {"weights": learn.saved_model.state_dict()}, learn.model_file(stem))
+            warnings.warn(f"the validation loss is {val[0]} at the end of cycle {cycle}: no snapshot {stem}.pt for it "
+                          "(its weights are finite but predict NaN or inf)", stacklevel=2)
+            return
+        path = learn.save(stem)
         names = rec.metric_names if rec is not None else []
         record = {"cycle": cycle, "epoch": learn.position.epoch, "iteration": done,
                   "val_loss": _num(val[0]) if val else None,

@@ -44,9 +44,15 @@ class EpochShuffleSampler(Sampler):
         return max(self.n - self.start, 0)
 
 
-def to_tensor(a: Any) -> torch.Tensor:
-    """NumPy array / list / tensor -> tensor: floats as float32, integers as int64."""
-    t = a if torch.is_tensor(a) else torch.as_tensor(np.asarray(a))
+def to_tensor(a: Any, name: str = "the array") -> torch.Tensor:
+    """NumPy array / list / tensor -> tensor: floats as float32, integers as int64; an array of strings or
+    objects is a ValueError naming it."""
+    if not torch.is_tensor(a):
+        a = np.asarray(a)
+        if a.dtype.kind not in "biuf":
+            raise ValueError(f"{name} must hold numbers, got an array of {a.dtype} (e.g. {a.flat[0]!r}); convert "
+                             "strings to numbers first (class names: map them to indices, and pass classes=)")
+    t = a if torch.is_tensor(a) else torch.as_tensor(a)
     if t.is_floating_point():
         return t.float()
     if t.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8):
@@ -60,10 +66,33 @@ def _check_pair(x, y, xname: str, yname: str):
     if x is None or y is None:
         raise ValueError(f"{xname} and {yname} go together: got {xname}={'None' if x is None else 'array'}, "
                          f"{yname}={'None' if y is None else 'array'}")
-    x, y = to_tensor(x), to_tensor(y)
+    x, y = _features(x, xname), to_tensor(y, yname)
     if len(x) != len(y):
         raise ValueError(f"{xname} has {len(x)} rows but {yname} has {len(y)}; they must have the same length")
     return x, y
+
+
+def _features(x, name: str) -> torch.Tensor:
+    """`x` as a tensor, checked once (not per batch) to hold only finite numbers."""
+    x = to_tensor(x, name)
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        row = int((~torch.isfinite(x)).reshape(len(x), -1).any(1).nonzero()[0])
+        raise ValueError(f"{name} holds NaN or infinite values (first in row {row}); clean the data (drop or "
+                         "impute those rows, e.g. np.nan_to_num) before building the DataBunch")
+    return x
+
+
+def _check_labels(ys, names, n_classes: Optional[int]) -> None:
+    """Integer targets are class indices: 1-d, in ``range(n_classes)`` (checked once, when the data is built)."""
+    for y, name in zip(ys, names):
+        if y.ndim != 1:
+            raise ValueError(f"{name} holds class indices and must be 1-d, got shape {tuple(y.shape)}; for one-hot, "
+                             "multi-label or regression targets pass float arrays")
+        if len(y) and int(y.min()) < 0:
+            raise ValueError(f"{name} holds the label {int(y.min())}: class indices are ints from 0")
+        if len(y) and n_classes is not None and int(y.max()) >= n_classes:
+            raise ValueError(f"{name} holds the label {int(y.max())}, outside range({n_classes}): classes has "
+                             f"{n_classes} names, so labels run from 0 to {n_classes - 1}")
 
 
 class FixedBatchLoader:
@@ -126,6 +155,7 @@ class DataBunch:
         integer targets make a classification bunch (``c`` classes, cross-entropy loss), float
         targets a regression one (MSE). `pin_memory` defaults to True when CUDA is available."""
         check_int("bs", bs)
+        check_int("seed", seed, minimum=0)
         trn = _check_pair(x_trn, y_trn, "x_trn", "y_trn")
         if trn is None:
             raise ValueError("x_trn and y_trn are required")
@@ -141,12 +171,13 @@ class DataBunch:
         valid_dl = DataLoader(TensorDataset(*val), batch_size=val_bs or bs, shuffle=False, **kw) if val else None
         test_dl = None
         if x_test is not None:
-            xt = to_tensor(x_test)
-            yt = to_tensor(y_test) if y_test is not None else torch.zeros(len(xt), dtype=trn[1].dtype)
+            xt = _features(x_test, "x_test")
+            yt = to_tensor(y_test, "y_test") if y_test is not None else torch.zeros(len(xt), dtype=trn[1].dtype)
             test_dl = DataLoader(TensorDataset(xt, yt), batch_size=val_bs or bs, shuffle=False, **kw)
         y = trn[1]
         if y.dtype == torch.long:
             ys = [y] + ([val[1]] if val else [])
+            _check_labels(ys, ["y_trn", "y_val"], None if classes is None else len(classes))
             c = int(max(int(t.max()) for t in ys if len(t)) + 1) if classes is None else len(classes)
             loss = nn.CrossEntropyLoss()
         else:

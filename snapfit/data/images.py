@@ -28,6 +28,14 @@ class ImageLoadError(ValueError):
     """An image file could not be read or decoded."""
 
 
+def _tfm_pair(tfms) -> Tuple[Optional[Callable], Optional[Callable]]:
+    """`tfms` as a (training, validation) pair of transforms (each callable or None), else a clear error."""
+    if not isinstance(tfms, (list, tuple)) or len(tfms) != 2 or not all(t is None or callable(t) for t in tfms):
+        raise ValueError(f"tfms must be a pair (training transforms, validation transforms), as tfms_from_model "
+                         f"returns, each callable or None; got {tfms!r}")
+    return tuple(tfms)
+
+
 def _open_rgb(path: Path):
     from PIL import Image
 
@@ -175,10 +183,11 @@ class ImageClassifierData(DataBunch):
                  tfms: Tuple[Optional[Callable], Optional[Callable]] = (None, None), num_workers: Optional[int] = None,
                  seed: int = 0, pin_memory: Optional[bool] = None):
         check_int("bs", bs)
+        check_int("seed", seed, minimum=0)
         if len(trn_ds) == 0:
             raise ValueError("the training set is empty: no images were found")
         self.path, self.bs, self.seed = Path(path), bs, seed
-        self.tfms = tuple(tfms)
+        self.tfms = _tfm_pair(tfms)
         self.num_workers = _default_workers() if num_workers is None else int(num_workers)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.trn_ds, self.val_ds, self.test_ds = trn_ds, val_ds, test_ds
@@ -261,7 +270,7 @@ class ImageClassifierData(DataBunch):
     @classmethod
     def _from_items(cls, path, trn, val, test, classes, bs, tfms, num_workers, seed) -> "ImageClassifierData":
         """Build from ``(files, labels)`` pairs of each split (`test` may be None)."""
-        trn_t, val_t = tfms
+        trn_t, val_t = _tfm_pair(tfms)
         return cls(path, ImageFileDataset(*trn, trn_t), ImageFileDataset(*val, val_t), classes, bs=bs,
                    test_ds=ImageFileDataset(*test, val_t) if test else None, tfms=tfms,
                    num_workers=num_workers, seed=seed)
@@ -272,6 +281,9 @@ class ImageClassifierData(DataBunch):
         for i, c in enumerate(classes):
             if (folder / c).is_dir():
                 imgs = _list_images(folder / c)
+                if not imgs:
+                    warnings.warn(f"{folder / c} holds no images: class {c!r} has zero images in {folder.name}",
+                                  stacklevel=3)
                 files += imgs
                 labels += [i] * len(imgs)
         return _drop_unreadable(files, labels, skip_bad)
@@ -323,6 +335,9 @@ class ImageClassifierData(DataBunch):
             raise ValueError(f"val_idxs must index the {len(files)} CSV rows, got values up to {val_idxs.max()}")
         is_val = np.zeros(len(files), bool)
         is_val[val_idxs] = True
+        if is_val.all():
+            raise ValueError(f"val_idxs covers all {len(files)} rows of {csv_path}: no image is left to train on; "
+                             "give the indices of the validation rows only (get_cv_idxs(n) picks 20 %)")
         trn = _drop_unreadable([f for f, v in zip(files, is_val) if not v],
                                [y for y, v in zip(labels, is_val) if not v], skip_bad)
         val = _drop_unreadable([f for f, v in zip(files, is_val) if v],
@@ -336,7 +351,7 @@ class ImageClassifierData(DataBunch):
         """In-memory images: ``trn = (x, y)``, ``val = (x, y)``, `test` an array of images. Images are uint8
         or [0, 1] floats shaped (N, H, W[, C]) or (N, C, H, W)."""
         (x_trn, y_trn), (x_val, y_val) = trn, val
-        trn_t, val_t = tfms
+        trn_t, val_t = _tfm_pair(tfms)
         trn_ds, val_ds = ImageArrayDataset(x_trn, y_trn, trn_t), ImageArrayDataset(x_val, y_val, val_t)
         if classes is None:
             classes = list(range(int(max(trn_ds.labels.max(), val_ds.labels.max())) + 1))
