@@ -28,7 +28,7 @@ class NonFiniteWeightsError(NonFiniteError):
 
 def _floating(obj: Any, name: str) -> Iterator[Tuple[str, torch.Tensor]]:
     if torch.is_tensor(obj):
-        if obj.is_floating_point() or obj.is_complex():
+        if (obj.is_floating_point() or obj.is_complex()) and obj.numel():
             yield name, obj
     elif isinstance(obj, Mapping):
         for k, v in obj.items():
@@ -38,15 +38,23 @@ def _floating(obj: Any, name: str) -> Iterator[Tuple[str, torch.Tensor]]:
             yield from _floating(v, f"{name}[{i}]")
 
 
+def _extremes(t: torch.Tensor) -> torch.Tensor:
+    """The smallest and largest value of `t` (NaN when it holds one): finite exactly when all of `t` is."""
+    t = t.detach()
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    return torch.stack(torch.aminmax(t)).float()
+
+
 def nonfinite_tensors(state: Any) -> List[str]:
     """Names of the floating-point tensors in `state` (a tensor, or nested dicts and lists of them) that hold
-    a NaN or an infinity. Checked on each tensor's device, read back once per device."""
+    a NaN or an infinity. One min/max pass per tensor on its device, read back once per device."""
     by_device: Dict[torch.device, List[Tuple[str, torch.Tensor]]] = {}
     for name, t in _floating(state, ""):
         by_device.setdefault(t.device, []).append((name, t))
     bad = []
     for items in by_device.values():
-        finite = torch.stack([torch.isfinite(t.detach()).all() for _, t in items]).tolist()
+        finite = torch.isfinite(torch.stack([_extremes(t) for _, t in items])).all(1).tolist()
         bad += [name for (name, _), ok in zip(items, finite) if not ok]
     return bad
 
