@@ -6,7 +6,9 @@ from .callbacks import (
     Checkpoint,
     ConstantLR,
     CycleSnapshot,
+    CyclicLR,
     NonFiniteLossError,
+    OneCycle,
     ParamScheduler,
     ProgressCallback,
     Recorder,
@@ -16,6 +18,7 @@ from .callbacks import (
     update_bn,
 )
 from .callbacks.lr_finder import SuggestedLRs
+from .callbacks.phases import DecayType, TrainingPhase
 from .conv_learner import ConvLearner
 from .core import (
     Callback,
@@ -56,7 +59,8 @@ __all__ = [
     "CancelValidException", "CancelBackwardException", "CancelStepException",
     "SGDR", "ConstantLR", "StepDecay", "Schedule", "ParamScheduler", "CycleSnapshot", "Recorder", "ProgressCallback",
     "Checkpoint", "TerminateOnNaN", "NonFiniteLossError", "SWA", "update_bn",
-    "accuracy", "accuracy_np", "error_rate", "mlp", "simple_cnn", "SuggestedLRs",
+    "accuracy", "accuracy_np", "error_rate", "mlp", "simple_cnn", "SuggestedLRs", "TrainingPhase", "DecayType",
+    "CyclicLR", "OneCycle",
     "ImageClassifierData", "RandomDihedral", "tfms_from_model", "tfms_from_stats", "transforms_basic",
     "transforms_side_on", "transforms_top_down", "ConvLearner", "AdaptiveConcatPool2d",
     "confusion_matrix", "plot_confusion_matrix",

@@ -69,7 +69,7 @@ def _where(learn) -> str:
     pos = learn.position
     if pos.stage == "start":
         return ""
-    if pos.batches_done >= pos.n_batches and pos.stage in ("validate", "end"):
+    if pos.batches_done >= pos.epoch_size and pos.stage in ("validate", "end"):
         return f" at the end of epoch {pos.epoch} (iteration {pos.iters_done})"
     return f" at epoch {pos.epoch}, batch {pos.batch_idx} (iteration {pos.iteration})"
 

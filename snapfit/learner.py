@@ -24,7 +24,7 @@ from .checks import check_callable, check_callables, check_float, check_path
 from .core import Callback
 from .data.core import check_data, epoch_batches, n_train_batches, split_batch
 from .distributed import all_reduce_sum, barrier, is_distributed, is_main_process, prepare
-from .fit_args import FitArgs, fit_schedule, fit_signature
+from .fit_args import FitArgs, fit_opt_sched, fit_schedule, fit_signature
 from .io import check_name, unwrap_model
 from .models.tensor import as_module
 from .optim import create_opt, step_callbacks
@@ -166,13 +166,13 @@ class Learner:
         schedule = args.schedule(n_train_batches(self.data.train_dl))
         position, extra = args.start_position(schedule), []
         if resume is not None:  # checks the checkpoint against this fit, restores weights and optimizer
-            args, position, extra = resume_fit(self, resume, args, schedule, allow_nonfinite)
+            args, position, extra = resume_fit(self, resume, args, position, allow_nonfinite)
         self.fit_args = args.to_dict()
         return self.run_fit(position, [*args.callbacks(schedule), *extra, *core.callback_list(callbacks or [])])
 
     fit.__signature__ = fit_signature(fit)
 
-    fit_schedule = fit_schedule
+    fit_schedule, fit_opt_sched = fit_schedule, fit_opt_sched
 
     def resume(self, name: str, callbacks: Optional[Iterable[Callback]] = None,
                allow_nonfinite: bool = False) -> Optional[List[float]]:
@@ -187,7 +187,7 @@ class Learner:
     # ------------------------------------------------------------------ the loop
     def run_fit(self, position: Position, callbacks: Iterable[Callback] = ()) -> Optional[List[float]]:
         """The loop from `position` with `callbacks` added for this run (the optimizer must exist): what `fit`,
-        `fit_schedule` and `lr_find` call. Returns the recorder's last ``[val_loss, *metrics]``."""
+        `fit_schedule`, `fit_opt_sched` and `lr_find` call. Returns the recorder's last ``[val_loss, *metrics]``."""
         stepping = step_callbacks(self.opt)  # checks there is something to train
         self.position = position
         position.settle()
@@ -239,7 +239,7 @@ class Learner:
         """The epoch's data from the batch the position points at, ``before_train``, batches, ``after_train``."""
         pos = self.position
         self.dl = self.data.train_dl
-        batches = epoch_batches(self.dl, pos.epoch, pos.batch_idx)
+        batches = epoch_batches(self.dl, pos.epoch, pos.batch_idx, pos.epoch_size)
         self.model.train()
         self.training = True
         pos.start_train()

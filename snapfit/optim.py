@@ -3,14 +3,14 @@ closure (``torch.optim.LBFGS``) through the normal loop."""
 from __future__ import annotations
 
 import inspect
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 from torch import nn
 
 from .core import Callback, CancelStepException
 
-__all__ = ["create_opt", "needs_closure", "ClosureStep", "step_callbacks"]
+__all__ = ["create_opt", "needs_closure", "ClosureStep", "step_callbacks", "get_momentum", "set_momentum"]
 
 
 def create_opt(layer_groups: Sequence[nn.Module], opt_func: Callable) -> torch.optim.Optimizer:
@@ -67,3 +67,19 @@ def step_callbacks(opt) -> List[Callback]:
         raise ValueError("the model has no trainable parameters (none, or every one has requires_grad=False): "
                          "unfreeze some (learn.unfreeze() or learn.freeze_to(n)) or give a model with parameters")
     return [ClosureStep()] if needs_closure(opt) else []
+
+
+def get_momentum(group: dict) -> Optional[float]:
+    """A param group's momentum: ``momentum`` (SGD, RMSprop), else ``betas[0]`` (Adam-style), else None."""
+    if "momentum" in group:
+        return group["momentum"]
+    betas = group.get("betas")
+    return betas[0] if betas is not None else None
+
+
+def set_momentum(group: dict, value: float) -> None:
+    """Set a param group's momentum where `get_momentum` reads it."""
+    if "momentum" in group:
+        group["momentum"] = value
+    else:
+        group["betas"] = (value, *group["betas"][1:])

@@ -6,6 +6,8 @@ Every field means the same thing in every event:
 ``epoch``      the epoch in progress (or the next one between epochs); ``n_epochs`` once the fit is done
 ``batch_idx``  index in the epoch of the training batch in progress, or of the next one
 ``iteration``  index in the fit of that training batch (a fit started at a later cycle starts there)
+``n_epochs``   epochs in the fit; ``n_batches`` training batches per epoch (``epoch_size`` for the current
+               epoch when the fit's epochs differ in length: training phases with their own data)
 ``stage``      how far the epoch has got: ``'start'`` (nothing yet), ``'train'`` (between training
                batches), ``'batch'`` (a training batch is running: before_batch .. after_step),
                ``'batch_end'`` (its after_batch: the batch is done), ``'validate'`` (training is over:
@@ -21,7 +23,7 @@ in any event and loaded back says exactly where to continue (`settle` moves past
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 __all__ = ["Position", "STAGES"]
 
@@ -39,6 +41,7 @@ class Position:
     n_epochs: int = 0
     n_batches: int = 0
     stage: str = "start"
+    epoch_sizes: Tuple[int, ...] = ()  # training batches of each epoch, when they are not all n_batches
 
     @property
     def iters_done(self) -> int:
@@ -54,6 +57,11 @@ class Position:
     def epochs_done(self) -> int:
         """Epochs finished in the fit (``epoch + 1`` in after_epoch, else ``epoch``)."""
         return self.epoch + (self.stage == "end")
+
+    @property
+    def epoch_size(self) -> int:
+        """Training batches in the current epoch (`n_batches` unless `epoch_sizes` says otherwise)."""
+        return self.epoch_sizes[self.epoch] if self.epoch < len(self.epoch_sizes) else self.n_batches
 
     @property
     def finished(self) -> bool:
@@ -114,12 +122,16 @@ class Position:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict[str, Any]:
-        """Plain-data copy (for checkpoints)."""
-        return asdict(self)
+        """Plain-data copy (for checkpoints; `epoch_sizes` only when there are any)."""
+        state = asdict(self)
+        if not self.epoch_sizes:
+            del state["epoch_sizes"]
+        return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore a copy made by `state_dict`."""
         if state.get("stage", "start") not in STAGES:
             raise ValueError(f"unknown position stage {state.get('stage')!r}; expected one of {STAGES}")
+        self.epoch_sizes = ()
         for k, v in state.items():
-            setattr(self, k, v if k == "stage" else int(v))
+            setattr(self, k, v if k == "stage" else tuple(int(x) for x in v) if k == "epoch_sizes" else int(v))

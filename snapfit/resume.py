@@ -58,8 +58,11 @@ def read_checkpoint(path) -> Dict[str, Any]:
 
 
 def saved_fit_args(state: Dict[str, Any], name: str) -> Dict[str, Any]:
-    """The arguments of ``fit`` stored in a checkpoint; a clear error when it was not written by ``fit``."""
+    """The arguments of ``fit`` a checkpoint stores; a clear error when another kind of fit wrote it."""
     args = dict(state["fit_args"])
+    if "phases" in args:
+        raise ValueError(f"checkpoint {name!r} holds a fit_opt_sched fit: continue it with "
+                         f"learn.fit_opt_sched(<the same phases>, resume={name!r})")
     if "lrs" not in args:
         raise ValueError(f"checkpoint {name!r} was not written by learn.fit (its fit was {args or 'unknown'}); "
                          "only fits started with learn.fit(..., checkpoint=name) can be resumed")
@@ -114,16 +117,17 @@ def _norm(v):
     return [float(x) for x in v] if isinstance(v, (list, tuple)) else v
 
 
-def resume_fit(learn, name: str, args, schedule, allow_nonfinite: bool = False) -> Tuple[Any, Position, List[Callback]]:
-    """Continue the fit saved in checkpoint `name`: check it against this fit's `args` (a `FitArgs`) and
-    `schedule` and against the learner (and that its weights and optimizer state are finite, unless
-    `allow_nonfinite`), then restore the weights and the optimizer. Returns the fit's arguments (the checkpoint
-    cadence is inherited unless this call names its own), the position to start from and ``[Resume(...)]``.
-    Nothing is changed when a check fails."""
+def resume_fit(learn, name: str, args, start: Position,
+               allow_nonfinite: bool = False) -> Tuple[Any, Position, List[Callback]]:
+    """Continue the fit saved in checkpoint `name`: check it against this fit's `args` (a `FitArgs`, or the
+    arguments of `fit_opt_sched`), its `start` position (the epochs' count and lengths) and the learner (and
+    that its weights and optimizer state are finite, unless `allow_nonfinite`), then restore the weights and
+    the optimizer. Returns the fit's arguments (the checkpoint cadence is inherited unless this call names
+    its own), the position to start from and ``[Resume(...)]``. Nothing is changed when a check fails."""
     learn.barrier()  # under torchrun: rank 0 has finished writing
     where = f"checkpoint {name!r}"
     state = read_checkpoint(learn.model_file(check_name(name, "resume")))
-    saved_args = type(args)(**saved_fit_args(state, name))
+    saved_args = type(args).from_saved(dict(state["fit_args"]), like=args)
     saved, call = saved_args.schedule_args(), args.schedule_args()
     diffs = [f"{k}: checkpoint has {saved[k]!r}, this call {call[k]!r}"
              for k in saved if _norm(saved[k]) != _norm(call[k])]
@@ -134,11 +138,13 @@ def resume_fit(learn, name: str, args, schedule, allow_nonfinite: bool = False) 
         saved_args.checkpoint, saved_args.checkpoint_every = args.checkpoint, args.checkpoint_every
     position = Position()
     position.load_state_dict(state["position"])
-    if (position.n_epochs, position.n_batches) != (schedule.n_epochs, schedule.batches_per_epoch):
+    plan = (position.n_epochs, position.n_batches, position.epoch_sizes)
+    if plan != (start.n_epochs, start.n_batches, start.epoch_sizes):
+        other = " (epochs of other lengths)" if plan[:2] == (start.n_epochs, start.n_batches) else ""
         raise ValueError(
             f"the checkpoint is a fit of {position.n_epochs} epochs x {position.n_batches} batches but this one has "
-            f"{schedule.n_epochs} x {schedule.batches_per_epoch}: the training data or batch size changed since it "
-            "was written")
+            f"{start.n_epochs} x {start.n_batches}{other}: the training data or batch size changed since it was "
+            "written")
     saved_order = state["data"].get("order")
     if saved_order is not None and position.stage == "train" and position.batch_idx > 0:
         now = data_order(learn.data.train_dl, position.epoch).get("order")

@@ -70,9 +70,9 @@ class Checkpoint(Callback):
             self.write(learn)
 
     def after_epoch(self, learn) -> None:
-        done = learn.position.iters_done
-        if self.every == "epoch" or (self.every == "cycle" and learn.schedule is not None
-                                     and learn.schedule.cycle_ending_at(done) is not None):
+        pos, sched = learn.position, learn.schedule
+        if self.every == "epoch" or (self.every == "cycle" and sched is not None  # a cycle ended in this epoch
+                                     and sched.cycle_ends_between(pos.iters_done - pos.batches_done, pos.iters_done)):
             self.write(learn)
 
     def after_fit(self, learn) -> None:

@@ -73,6 +73,13 @@ class LARS(Callback):
         self._last: Optional[List[Optional[torch.Tensor]]] = None  # this batch's ratios, until after_batch
 
     def before_fit(self, learn) -> None:
+        self._setup(learn)
+        self.iterations, self.history, self._pending, self._last = [], [], [], None
+        self._saved_wd: Dict[int, float] = {}
+
+    def _setup(self, learn) -> None:
+        """Split each param group of ``learn.opt`` into the tensors LARS adapts and those it leaves out."""
+        self._opt = learn.opt
         named = dict((id(p), n) for n, p in learn.saved_model.named_parameters())
         self._groups = []
         self.names = []
@@ -81,8 +88,6 @@ class LARS(Callback):
             exc = [p for p in g["params"] if self.exclude(named.get(id(p), ""), p)]
             self._groups.append((g, inc, exc))
             self.names += [named.get(id(p), f"param{len(self.names)}") for p in inc]
-        self.iterations, self.history, self._pending, self._last = [], [], [], None
-        self._saved_wd: Dict[int, float] = {}
 
     def ratios(self, learn) -> List[Optional[torch.Tensor]]:
         """Compute the trust ratio of every included tensor (one device tensor per param group) and fold
@@ -113,6 +118,8 @@ class LARS(Callback):
     def after_backward(self, learn) -> None:
         if not learn.training:
             return
+        if learn.opt is not self._opt:  # a training phase swapped the optimizer
+            self._setup(learn)
         self._last = self.ratios(learn)
         for g, _, _ in self._groups:  # weight decay is folded into the gradients: hide it from the step
             if "weight_decay" in g:
@@ -130,7 +137,7 @@ class LARS(Callback):
         if ratios is None or not learn.training:
             return
         pos = learn.position
-        due = pos.iters_done % self.record_every == 0 if self.record_every else pos.batches_done == pos.n_batches
+        due = pos.iters_done % self.record_every == 0 if self.record_every else pos.batches_done == pos.epoch_size
         if due:  # kept on the device until the epoch ends
             flat = [r for r in ratios if r is not None]
             self._pending.append((pos.iteration, torch.cat(flat) if flat else None))

@@ -25,7 +25,42 @@ from ..smoothing import DebiasedEMA, smooth
 from .precision import MixedPrecision
 from .schedule import ParamScheduler, Schedule
 
-__all__ = ["LRRangeSchedule", "LRFinder", "LRFinderResult", "SuggestedLRs", "lr_find"]
+__all__ = ["LRRangeSchedule", "LRFinder", "LRFinderResult", "SuggestedLRs", "lr_find", "DivergenceRule",
+           "StopOnDivergence"]
+
+
+class DivergenceRule:
+    """The LR finder's stop rule (fastai 0.7): the debiased moving average of the training loss (beta 0.98) is
+    NaN or infinite, or more than 4x the lowest average seen from the 11th loss on."""
+
+    def __init__(self, beta: float = 0.98):
+        self.ema, self.best, self.seen = DebiasedEMA(beta), math.inf, 0
+
+    def diverged(self, loss: float) -> bool:
+        """Fold in the next loss; True when the rule says stop."""
+        sm = self.ema.update(loss)
+        if not math.isfinite(loss) or not math.isfinite(sm) or sm > 4 * self.best:
+            return True
+        if self.seen >= 10 and sm < self.best:
+            self.best = sm
+        self.seen += 1
+        return False
+
+    def state_dict(self) -> dict:
+        """Plain-data copy."""
+        return {**self.ema.state_dict(), "best": self.best, "seen": self.seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a copy made by `state_dict`."""
+        self.ema.load_state_dict(state)
+        self.best, self.seen = float(state["best"]), int(state["seen"])
+
+
+def _mean_over_ranks(learn, t: torch.Tensor) -> torch.Tensor:
+    """`t` averaged over the processes of a torchrun job: every rank takes the same decision."""
+    if learn.is_distributed:
+        t = learn.all_reduce_sum(t.clone()) / torch.distributed.get_world_size()
+    return t
 
 
 class SuggestedLRs(NamedTuple):
@@ -109,7 +144,7 @@ class LRFinder(Callback):
 
     def before_fit(self, learn) -> None:
         self._buf = None
-        self._ema, self._best = DebiasedEMA(self.beta), math.inf
+        self._rule = DivergenceRule(self.beta)
 
     def after_loss(self, learn) -> None:
         if learn.training:
@@ -127,20 +162,14 @@ class LRFinder(Callback):
         if self.diverged or done >= self.num_it:
             raise CancelFitException()
 
-    def _check(self, done: int, learn=None) -> None:
+    def _check(self, done: int, learn) -> None:
         start = len(self.losses)
-        new = self._buf[start:done]
-        if learn is not None and learn.is_distributed:  # every rank must take the same decision to stop
-            new = learn.all_reduce_sum(new.clone()) / torch.distributed.get_world_size()
-        for i, v in enumerate(new.tolist(), start=start):
+        for i, v in enumerate(_mean_over_ranks(learn, self._buf[start:done]).tolist(), start=start):
             self.losses.append(v)
-            sm = self._ema.update(v)
-            if self.stop_div and (not math.isfinite(v) or not math.isfinite(sm) or sm > 4 * self._best):
+            if self._rule.diverged(v) and self.stop_div:
                 self.diverged = True
                 del self.lrs[i + 1:]
                 return
-            if i >= 10 and sm < self._best:
-                self._best = sm
 
     def before_validate(self, learn) -> None:
         raise CancelValidException()
@@ -148,6 +177,46 @@ class LRFinder(Callback):
     def result(self) -> LRFinderResult:
         """The recorded run."""
         return LRFinderResult(self.lrs, self.losses, self.beta, self.diverged)
+
+
+class StopOnDivergence(Callback):
+    """``stop_div=True`` of training phases: stop the fit (CancelFitException) when the training loss diverges
+    by `DivergenceRule`. The losses stay on the device and are read back every `check_every` training batches
+    (no host sync per batch), so the fit stops at the first check after the divergent batch."""
+
+    order = 45  # before the recorder: a fit stopped here does not record the batch twice
+    state_key = "stop_on_divergence"
+
+    def __init__(self, check_every: int = 5, beta: float = 0.98):
+        self.check_every, self.beta = check_int("check_every", check_every), beta
+        self.rule = DivergenceRule(beta)
+        self._pending: List[torch.Tensor] = []  # losses on the device, not read back yet
+        self._carried: List[float] = []  # losses read back (for a checkpoint) but not checked yet
+
+    def before_fit(self, learn) -> None:
+        self.rule, self._pending, self._carried = DivergenceRule(self.beta), [], []
+
+    def after_batch(self, learn) -> None:
+        if learn.training and learn.loss is not None:
+            self._pending.append(learn.loss.detach().float().reshape(()))
+            if learn.position.iters_done % self.check_every == 0 and any(map(self.rule.diverged, self._read(learn))):
+                raise CancelFitException()
+
+    def _read(self, learn) -> List[float]:
+        values = self._carried + (_mean_over_ranks(learn, torch.stack(self._pending)).tolist() if self._pending else [])
+        self._pending, self._carried = [], []
+        return values
+
+    def state_dict(self) -> dict:
+        """The rule's state and the losses not checked yet (for checkpoints)."""
+        self._carried = self._carried + (torch.stack(self._pending).tolist() if self._pending else [])
+        self._pending = []
+        return {"rule": self.rule.state_dict(), "carried": list(self._carried)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` saved."""
+        self.rule.load_state_dict(state["rule"])
+        self._carried, self._pending = [float(v) for v in state["carried"]], []
 
 
 def lr_find(learn, start_lr=1e-5, end_lr=10, num_it: Optional[int] = None, linear: bool = False, wds=None,

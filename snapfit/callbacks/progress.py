@@ -56,7 +56,7 @@ class ProgressCallback(Callback):
     def before_epoch(self, learn) -> None:
         if self._active(learn):
             valid = learn.data.valid_dl
-            total = learn.position.n_batches + (len(valid) if valid is not None else 0)
+            total = learn.position.epoch_size + (len(valid) if valid is not None else 0)
             self._bar = make_bar(total, desc=f"epoch {learn.position.epoch + 1}/{learn.position.n_epochs}")
             self._pending, self._last = learn.position.batches_done, 0.0
             self._flush(learn, time.monotonic())

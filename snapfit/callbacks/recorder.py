@@ -16,6 +16,7 @@ import torch
 
 from ..checks import check_int
 from ..core import Callback
+from ..optim import get_momentum
 from ..plots import finish_figure, new_figure
 from ..smoothing import DebiasedEMA, smooth
 
@@ -43,6 +44,8 @@ class Recorder(Callback):
     def reset(self) -> None:
         """Forget everything recorded (called at the start of each fit)."""
         self.group_lrs: List[List[float]] = []
+        self.group_moms: List[List[Optional[float]]] = []
+        self.phase_starts: List[List[Any]] = []  # [iteration, label] where each training phase begins
         self.losses: List[float] = []
         self.smooth_losses: List[float] = []
         self.epoch_iterations: List[int] = []
@@ -66,6 +69,11 @@ class Recorder(Callback):
     def lrs(self) -> List[float]:
         """LR of the last param group at each iteration (what fastai 0.7's ``sched.lrs`` held)."""
         return [g[-1] for g in self.group_lrs]
+
+    @property
+    def moms(self) -> List[Optional[float]]:
+        """Momentum of the last param group at each iteration (``momentum``, or Adam's ``betas[0]``)."""
+        return [g[-1] for g in self.group_moms]
 
     @property
     def iterations(self) -> List[int]:
@@ -97,8 +105,9 @@ class Recorder(Callback):
             self.losses.append(v)
             self.smooth_losses.append(self._ema.update(v))
 
-    _HISTORY = ("group_lrs", "losses", "smooth_losses", "epoch_iterations", "trn_losses", "epoch_means",
-                "val_losses", "metrics", "metric_names", "cycle_ends", "first_iteration", "nonfinite", "last_values")
+    _HISTORY = ("group_lrs", "group_moms", "phase_starts", "losses", "smooth_losses", "epoch_iterations",
+                "trn_losses", "epoch_means", "val_losses", "metrics", "metric_names", "cycle_ends", "first_iteration",
+                "nonfinite", "last_values")
 
     def state_dict(self) -> Dict[str, Any]:
         """Plain-data copy of the history (for checkpoints); pending device values are read first."""
@@ -121,13 +130,16 @@ class Recorder(Callback):
         self.metric_names = [_metric_name(m) for m in learn.metrics]
         self.first_iteration = learn.position.iteration
         self.lars = next((cb for cb in learn.cbs if cb.state_key == "lars"), self.lars)
+        self.phase_starts = [list(p) for p in learn.schedule.phase_starts()] if learn.schedule is not None else []
 
     def before_train(self, learn) -> None:
         self._pending = []
 
     def after_batch(self, learn) -> None:
         if learn.training:
-            self.group_lrs.append(list(map(_lr_of, learn.opt.param_groups)))
+            groups = learn.opt.param_groups
+            self.group_lrs.append(list(map(_lr_of, groups)))
+            self.group_moms.append(list(map(get_momentum, groups)))
             if not self._pending:
                 pos = learn.position
                 self._pending_at = (pos.epoch, pos.batch_idx, pos.iteration)
@@ -174,24 +186,39 @@ class Recorder(Callback):
         self.val_losses.append(vals[0])
         self.metrics.append(list(vals[1:]))
         self.last_values = list(vals)
-        if learn.schedule is not None and learn.schedule.cycle_ending_at(done) is not None:
-            self.cycle_ends.append(done)
+        if learn.schedule is not None:  # the cycles that ended in this epoch (at its end, or inside it)
+            self.cycle_ends += learn.schedule.cycle_ends_between(done - learn.position.batches_done, done)
 
     # ----------------------------------------------------------------- plots
-    def plot_lr(self, ax=None, show_cycles: bool = True):
-        """LR of every param group vs iteration, with cycle ends marked. Returns the Figure."""
-        fig, ax = new_figure(ax)
+    def plot_lr(self, ax=None, show_cycles: bool = True, show_moms: bool = False, show_text: bool = False):
+        """LR of every param group vs iteration, with cycle ends marked; with `show_moms` (and a momentum that
+        varied) the momentum beside it; with `show_text` each training phase's start dashed and labelled with
+        its optimizer. Returns the Figure."""
+        moms = np.asarray([[np.nan if m is None else m for m in g] for g in self.group_moms], dtype=float)
+        with_moms = show_moms and moms.size and np.nanmax(moms) - np.nanmin(moms) > 0
+        if with_moms and ax is None:
+            import matplotlib.pyplot as plt
+            fig, (ax, mom_ax) = plt.subplots(1, 2, figsize=(12, 4))
+        else:
+            (fig, ax), mom_ax = new_figure(ax), None
         lrs = np.asarray(self.group_lrs, dtype=float)
-        if lrs.size:
-            for g in range(lrs.shape[1]):
-                ax.plot(self.iterations, lrs[:, g], label=f"group {g}" if lrs.shape[1] > 1 else "lr")
-        if show_cycles:
-            for i, it in enumerate(self.cycle_ends):
-                ax.axvline(it - 0.5, color="grey", ls=":", lw=1, label="cycle end" if i == 0 else None)
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("learning rate")
-        if lrs.size and (lrs.shape[1] > 1 or self.cycle_ends):
-            ax.legend(loc="best")
+        for a, values, what in ((ax, lrs, "learning rate"), (mom_ax, moms, "momentum")):
+            if a is None:
+                continue
+            if values.size:
+                for g in range(values.shape[1]):
+                    a.plot(self.iterations, values[:, g], label=f"group {g}" if values.shape[1] > 1 else what)
+            if show_cycles:
+                for i, it in enumerate(self.cycle_ends):
+                    a.axvline(it - 0.5, color="grey", ls=":", lw=1, label="cycle end" if i == 0 else None)
+            if show_text:
+                for it, label in self.phase_starts:
+                    a.axvline(it - 0.5, color="black", ls="--", lw=1)
+                    a.text(it, 1.0, f" {label}", transform=a.get_xaxis_transform(), va="top", fontsize=8)
+            a.set_xlabel("iteration")
+            a.set_ylabel(what)
+            if values.size and (values.shape[1] > 1 or self.cycle_ends):
+                a.legend(loc="best")
         return finish_figure(fig)
 
     def plot_loss(self, ax=None, n_skip: int = 0):

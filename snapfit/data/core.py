@@ -2,6 +2,7 @@
 makes the training order a pure function of (seed, epoch)."""
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
@@ -245,11 +246,11 @@ def n_train_batches(dl) -> int:
     return n
 
 
-def epoch_batches(dl, epoch: int, start: int = 0) -> Iterator:
-    """An iterator over the batches of `epoch` from batch `start` on (non-zero for a resumed epoch), created
-    at once. A sampler with ``set_epoch`` is given the epoch (its order is a function of seed and epoch); one
-    with a ``start`` (`EpochShuffleSampler`) begins at the batch, any other loader draws and drops the first
-    `start` batches."""
+def epoch_batches(dl, epoch: int, start: int = 0, stop: Optional[int] = None) -> Iterator:
+    """An iterator over the batches of `epoch` from batch `start` on (non-zero for a resumed epoch) to batch
+    `stop` (default: the loader's end; less for a partial epoch), created at once. A sampler with
+    ``set_epoch`` is given the epoch (its order is a function of seed and epoch); one with a ``start``
+    (`EpochShuffleSampler`) begins at the batch, any other loader draws and drops the first `start` batches."""
     sampler = getattr(dl, "sampler", None)
     skip = start
     if _sampler_starts_mid_epoch(dl):
@@ -261,7 +262,9 @@ def epoch_batches(dl, epoch: int, start: int = 0) -> Iterator:
     for _ in range(skip):
         next(batches, None)
     if start and not skip:
-        return _whole_epochs_after(batches, sampler, epoch)
+        batches = _whole_epochs_after(batches, sampler, epoch)
+    if stop is not None and stop < len(dl):
+        batches = itertools.islice(batches, max(stop - start, 0))
     return batches
 
 
