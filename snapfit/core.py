@@ -10,16 +10,20 @@ The callbacks snapfit installs, by `order` (lower runs first in every event; tie
 order  callback                why there
 =====  ======================  ============================================================================
 -900   DistributedTraining     wraps the model in DDP before anyone else sees it (torchrun only)
+ -30   PhaseScheduler          a training phase's optimizer, weight decay and data, before the LR is set
  -50   FreezeBatchNorm         puts frozen BatchNorm layers in eval mode right after ``model.train()``
  -20   ParamScheduler          sets the batch's LRs before any other before_batch handler reads them
   10   LARS                    rescales gradients in after_backward, before anything steps
-  40   LRFinder                reads the loss before the recorder and stops the range test
+  40   LRFinder                reads the loss and stops the range test (the recorder is out of the way then)
   50   Recorder                appends the batch's LR and loss; closes each epoch's history
   55   TerminateOnNaN          stops on a non-finite loss the recorder read back, before any file is written
+  58   StopOnDivergence        stop_div of training phases: after the recorder, so the last batch is recorded
   60   ProgressCallback        shows what the recorder holds once it has closed the epoch
   70   CycleSnapshot           saves after the epoch's validation was recorded
+  72   SaveBest                best_save_name: after the recorder has the epoch's validation
   75   SWA                     averages the epoch's weights
   80   Checkpoint              writes once every stateful callback above has finished the event
+ 800   DecoupledWeightDecay    shrinks the weights in after_backward, after LARS, before the step
  900   MixedPrecision          last in after_loss / after_backward: scaled backward, then the scaler's step
  900   ClosureStep             last in after_backward: ``opt.step(closure)`` for LBFGS-style optimizers
 1000   Resume                  restores callback state after every before_fit; RNG last in the epoch events

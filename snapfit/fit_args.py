@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -196,6 +197,9 @@ class FitArgs:
         if self.use_swa:
             cbs.append(SWA(self.swa_start))
         if self.use_wd_sched:
+            if not any(self.wds):
+                warnings.warn("use_wd_sched=True but every weight decay is 0: pass wds= to decay the weights",
+                              stacklevel=3)
             cbs.append(DecoupledWeightDecay(self.wds, self.norm_wds, self.wds_sched_mult))
         if self.checkpoint is not None:
             cbs.append(Checkpoint(self.checkpoint, self.checkpoint_every))

@@ -23,6 +23,7 @@ bit-identical weights (for ``num_workers=0`` loaders).
 from __future__ import annotations
 
 import copy
+import numbers
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -114,7 +115,12 @@ def checkpoint_state(learn, rng: Optional[Dict[str, Any]] = None) -> Dict[str, A
 
 
 def _norm(v):
-    return [float(x) for x in v] if isinstance(v, (list, tuple)) else v
+    """`v` with every number a float and every sequence a list (1 == 1.0, (1, 2) == [1, 2])."""
+    if isinstance(v, (list, tuple)):
+        return [_norm(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _norm(x) for k, x in v.items()}
+    return float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) else v
 
 
 def resume_fit(learn, name: str, args, start: Position,

@@ -19,10 +19,26 @@ import numpy as np
 import torch
 from torch import nn
 
-from snapfit import Callback, DataBunch, Learner, accuracy, load_digits_arrays
+from snapfit import Callback, DataBunch, DecayType, Learner, TrainingPhase, accuracy, load_digits_arrays
 from tests.helpers import CrashAt
 
 FIT = dict(lrs=0.05, n_cycle=3, cycle_len=1, cycle_mult=2, cycle_save_name="snap")
+ONE_CYCLE = dict(lrs=0.1, n_cycle=2, cycle_len=2, use_clr_beta=(10, 20, 0.95, 0.85), cycle_save_name="snap")
+
+
+def phases():
+    """An SGD warm-up, a cosine SGD phase ending inside an epoch, then Adam with momentum decay: 7 epochs."""
+    return [TrainingPhase(1, torch.optim.SGD, lr=(0.005, 0.05), lr_decay=DecayType.LINEAR),
+            TrainingPhase(2.5, torch.optim.SGD, lr=(0.05, 0.005), lr_decay=DecayType.COSINE, wds=1e-4),
+            TrainingPhase(3.5, torch.optim.Adam, lr=1e-3, momentum=(0.95, 0.85), momentum_decay=DecayType.LINEAR,
+                          wds=1e-3, wd_loss=False)]
+
+
+def run_fit(learn, schedule, **kw):
+    """The fit of `schedule` ('sgdr', 'onecycle' or 'phases'), with extra fit arguments `kw`."""
+    if schedule == "phases":
+        return learn.fit_opt_sched(phases(), cycle_save_name="snap", **kw)
+    return learn.fit(**(FIT if schedule == "sgdr" else ONE_CYCLE), **kw)
 BATCHES_PER_EPOCH = 19  # 600 samples, bs 32
 CHECKPOINT_EVERY = 10
 
@@ -64,7 +80,7 @@ def build(out, seed=0):
 def dump(learn, out):
     torch.save(learn.model.state_dict(), os.path.join(out, "final.pt"))
     rec = learn.sched
-    hist = dict(group_lrs=rec.group_lrs, losses=rec.losses, smooth_losses=rec.smooth_losses,
+    hist = dict(group_lrs=rec.group_lrs, group_moms=rec.group_moms, losses=rec.losses, smooth_losses=rec.smooth_losses,
                 val_losses=rec.val_losses, metrics=rec.metrics, cycle_ends=rec.cycle_ends,
                 iterations=rec.iterations)
     with open(os.path.join(out, "history.json"), "w") as f:
@@ -78,14 +94,15 @@ def main(argv=None):
     p.add_argument("mode", choices=["full", "kill", "kill-in-write", "resume"])
     p.add_argument("--at", type=int, default=-1)
     p.add_argument("--write", type=int, default=2)
+    p.add_argument("--schedule", choices=["sgdr", "onecycle", "phases"], default="sgdr")
     a = p.parse_args(argv)
     if a.mode == "full":
         learn = build(a.out)
-        learn.fit(**FIT)
+        run_fit(learn, a.schedule)
         dump(learn, a.out)
     elif a.mode == "kill":
         learn = build(a.out)
-        learn.fit(**FIT, checkpoint="ckpt", checkpoint_every=CHECKPOINT_EVERY, callbacks=[KillAt(a.at)])
+        run_fit(learn, a.schedule, checkpoint="ckpt", checkpoint_every=CHECKPOINT_EVERY, callbacks=[KillAt(a.at)])
         sys.exit("not killed")
     elif a.mode == "kill-in-write":
         import snapfit.io as sio
@@ -105,7 +122,10 @@ def main(argv=None):
         sys.exit("not killed")
     else:
         learn = build(a.out, seed=12345)  # different init and RNG: everything must come from the checkpoint
-        learn.resume("ckpt")
+        if a.schedule == "phases":
+            learn.fit_opt_sched(phases(), cycle_save_name="snap", resume="ckpt")
+        else:
+            learn.resume("ckpt")
         dump(learn, a.out)
 
 

@@ -62,10 +62,10 @@ def reference(tmp_path_factory):
     return load_result(out)
 
 
-def kill_iteration(seed):
+def kill_iteration(seed, epochs=7):
     """A seeded random batch strictly inside a cycle (not at an epoch or cycle boundary, not on a checkpoint)."""
     rng = random.Random(seed)
-    n = resume_job.BATCHES_PER_EPOCH * 7
+    n = resume_job.BATCHES_PER_EPOCH * epochs
     candidates = [k for k in range(resume_job.CHECKPOINT_EVERY + 1, n - 1)
                   if k % resume_job.BATCHES_PER_EPOCH and k % resume_job.CHECKPOINT_EVERY]
     return rng.choice(candidates)
@@ -83,6 +83,22 @@ def test_sigkill_mid_cycle_then_resume_in_a_fresh_process_is_bit_identical(tmp_p
     assert_same_run(load_result(out), reference)
     assert sorted(p.name for p in (out / "models").glob("*.pt")) == [
         "ckpt.pt", "snap_cyc_0.pt", "snap_cyc_1.pt", "snap_cyc_2.pt"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("schedule,epochs", [("onecycle", 4), ("phases", 7)])
+def test_sigkill_and_resume_of_one_cycle_and_of_training_phases_is_bit_identical(tmp_path, schedule, epochs):
+    ref = tmp_path / "full"
+    run_job(ref, "full", "--schedule", schedule)
+    at = kill_iteration(seed=7, epochs=epochs)
+    out = tmp_path / "run"
+    run_job(out, "kill", "--at", str(at), "--schedule", schedule, expect_kill=True)
+    assert read_checkpoint(out / "models" / "ckpt.pt")["position"]["iteration"] == at // 10 * 10
+    run_job(out, "resume", "--schedule", schedule)
+    assert_same_run(load_result(out), load_result(ref))
+    for f in (ref / "models").glob("snap_cyc_*.pt"):  # the snapshots of the resumed run are the same files
+        a, b = torch.load(f, weights_only=True), torch.load(out / "models" / f.name, weights_only=True)
+        assert all(torch.equal(a[k], b[k]) for k in a), f.name
 
 
 @pytest.mark.slow

@@ -184,7 +184,7 @@ class StopOnDivergence(Callback):
     by `DivergenceRule`. The losses stay on the device and are read back every `check_every` training batches
     (no host sync per batch), so the fit stops at the first check after the divergent batch."""
 
-    order = 45  # before the recorder: a fit stopped here does not record the batch twice
+    order = 58  # after the recorder (50): the batch that ends the fit is recorded
     state_key = "stop_on_divergence"
 
     def __init__(self, check_every: int = 5, beta: float = 0.98):

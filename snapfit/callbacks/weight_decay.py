@@ -4,7 +4,6 @@ with a gradient shrinks by ``p <- p - lr * wd * p``, with the group's LR of that
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Callable, Dict, Optional, Sequence
 
 import torch
@@ -25,11 +24,6 @@ class DecoupledWeightDecay(Callback):
         self.wds, self.norm_wds, self.wds_sched_mult = [float(w) for w in wds], bool(norm_wds), wds_sched_mult
         self._hidden: Dict[int, float] = {}
 
-    def before_fit(self, learn) -> None:
-        if not any(self.wds):
-            warnings.warn("use_wd_sched=True but every weight decay is 0: pass wds= to decay the weights",
-                          stacklevel=2)
-
     def wd_now(self, learn, wd: float) -> float:
         """The decay applied to a group with weight decay `wd` at this batch."""
         if self.norm_wds:
@@ -44,14 +38,15 @@ class DecoupledWeightDecay(Callback):
         if not learn.training:
             return
         for g, wd in zip(learn.opt.param_groups, self.wds):
-            if "weight_decay" in g:  # hide the optimizer's coupled decay for this step
+            if not wd:
+                continue
+            if "weight_decay" in g:  # decayed here: hide the optimizer's coupled decay for this step
                 self._hidden[id(g)] = g["weight_decay"]
                 g["weight_decay"] = 0.0
-            wd = self.wd_now(learn, wd) if wd else 0.0
             params = [p for p in g["params"] if p.grad is not None]
-            if wd and params:
+            if params:
                 with torch.no_grad():
-                    torch._foreach_mul_(params, 1.0 - g["lr"] * wd)
+                    torch._foreach_mul_(params, 1.0 - g["lr"] * self.wd_now(learn, wd))
 
     def after_batch(self, learn) -> None:
         for g in learn.opt.param_groups:
