@@ -5,6 +5,7 @@ from .callbacks import (
     SWA,
     Checkpoint,
     ConstantLR,
+    CSVLogger,
     CycleSnapshot,
     CyclicLR,
     NonFiniteLossError,
@@ -14,6 +15,8 @@ from .callbacks import (
     Recorder,
     Schedule,
     StepDecay,
+    TensorBoardCallback,
+    TensorBoardLogger,
     TerminateOnNaN,
     update_bn,
 )
@@ -44,8 +47,9 @@ from .data import (
 )
 from .distributed import default_device
 from .fit_args import FitArgs
+from .interpret import ClassificationInterpretation
 from .learner import Learner
-from .metrics import accuracy, accuracy_np, error_rate
+from .metrics import EpochMetric, accuracy, accuracy_np, epoch_metric, error_rate
 from .models import AdaptiveConcatPool2d, TensorModel, mlp, simple_cnn
 from .plots import confusion_matrix, plot_confusion_matrix
 from .position import Position
@@ -54,14 +58,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Learner", "Position", "FitArgs", "TensorModel", "DataBunch", "EpochShuffleSampler", "load_digits_arrays",
-    "default_device",
-    "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "CancelTrainException",
-    "CancelValidException", "CancelBackwardException", "CancelStepException",
-    "SGDR", "ConstantLR", "StepDecay", "Schedule", "ParamScheduler", "CycleSnapshot", "Recorder", "ProgressCallback",
-    "Checkpoint", "TerminateOnNaN", "NonFiniteLossError", "SWA", "update_bn",
-    "accuracy", "accuracy_np", "error_rate", "mlp", "simple_cnn", "SuggestedLRs", "TrainingPhase", "DecayType",
-    "CyclicLR", "OneCycle",
-    "ImageClassifierData", "RandomDihedral", "tfms_from_model", "tfms_from_stats", "transforms_basic",
-    "transforms_side_on", "transforms_top_down", "ConvLearner", "AdaptiveConcatPool2d",
-    "confusion_matrix", "plot_confusion_matrix",
+    "default_device", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException",
+    "CancelTrainException", "CancelValidException", "CancelBackwardException", "CancelStepException", "SGDR",
+    "ConstantLR", "StepDecay", "Schedule", "ParamScheduler", "CycleSnapshot", "Recorder", "ProgressCallback",
+    "Checkpoint", "TerminateOnNaN", "NonFiniteLossError", "SWA", "update_bn", "accuracy", "accuracy_np",
+    "error_rate", "epoch_metric", "EpochMetric", "mlp", "simple_cnn", "SuggestedLRs", "TrainingPhase", "DecayType",
+    "CyclicLR", "OneCycle", "ImageClassifierData", "RandomDihedral", "tfms_from_model", "tfms_from_stats",
+    "transforms_basic", "transforms_side_on", "transforms_top_down", "ConvLearner", "AdaptiveConcatPool2d",
+    "confusion_matrix", "plot_confusion_matrix", "CSVLogger", "TensorBoardLogger", "TensorBoardCallback",
+    "ClassificationInterpretation",
 ]

@@ -2,6 +2,7 @@
 from .checkpoint import Checkpoint, read_checkpoint
 from .freeze import FreezeBatchNorm
 from .interrupt import DeferredInterrupt
+from .loggers import CSVLogger, TensorBoardCallback, TensorBoardLogger
 from .nan import NonFiniteLossError, TerminateOnNaN
 from .precision import MixedPrecision
 from .progress import ProgressCallback
@@ -13,5 +14,6 @@ from .swa import SWA, update_bn
 __all__ = [
     "Checkpoint", "read_checkpoint", "FreezeBatchNorm", "DeferredInterrupt", "NonFiniteLossError", "TerminateOnNaN",
     "MixedPrecision", "ProgressCallback", "Recorder", "SGDR", "ConstantLR", "StepDecay", "CyclicLR", "OneCycle",
-    "ParamScheduler", "Schedule", "CycleSnapshot", "SaveBest", "SWA", "update_bn",
+    "ParamScheduler", "Schedule", "CycleSnapshot", "SaveBest", "SWA", "update_bn", "CSVLogger", "TensorBoardLogger",
+    "TensorBoardCallback",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import List, Optional
+from typing import List, Optional, Sequence, Union
 
 from ..core import Callback
 
@@ -31,9 +31,10 @@ def _fmt(v) -> str:
     return f"{v:.6f}"
 
 
-def format_row(values: List, width: int = 10) -> str:
-    """One line of the epoch table: fixed-width columns, floats with 6 decimals."""
-    return " ".join(f"{_fmt(v):<{width}}" for v in values).rstrip()
+def format_row(values: List, width: Union[int, Sequence[int]] = 10) -> str:
+    """One line of the epoch table: fixed-width columns (one width, or one per column), floats with 6 decimals."""
+    widths = [width] * len(values) if isinstance(width, int) else width
+    return " ".join(f"{_fmt(v):<{w}}" for v, w in zip(values, widths)).rstrip()
 
 
 class ProgressCallback(Callback):
@@ -86,11 +87,13 @@ class ProgressCallback(Callback):
         rec = learn.recorder
         if not (self.table and learn.is_main_process) or rec is None or not rec.trn_losses:
             return
+        header = ["epoch", "trn_loss", "val_loss"] + rec.metric_names
+        widths = [max(10, len(h)) for h in header]  # a long metric name widens its column
         if not self._header_done:
-            print(format_row(["epoch", "trn_loss", "val_loss"] + rec.metric_names))
+            print(format_row(header, widths))
             self._header_done = True
         vals: List[Optional[float]] = [rec.trn_losses[-1], rec.val_losses[-1]] + list(rec.metrics[-1])
-        print(format_row([learn.position.epoch] + vals), flush=True)
+        print(format_row([learn.position.epoch] + vals, widths), flush=True)
 
     def cleanup_fit(self, learn) -> None:
         self._close()

@@ -16,6 +16,7 @@ import torch
 
 from ..checks import check_int
 from ..core import Callback
+from ..metrics import is_epoch_metric
 from ..optim import get_momentum
 from ..plots import finish_figure, new_figure
 from ..smoothing import DebiasedEMA, smooth
@@ -128,6 +129,11 @@ class Recorder(Callback):
     def before_fit(self, learn) -> None:
         self.reset()
         self.metric_names = [_metric_name(m) for m in learn.metrics]
+        self._batch_metrics = [(m, n) for m, n in zip(learn.metrics, self.metric_names) if not is_epoch_metric(m)]
+        self._epoch_metrics = [m for m in learn.metrics if is_epoch_metric(m)]
+        for m in self._epoch_metrics:
+            if callable(getattr(m, "to", None)):
+                m.to(learn.device)
         self.first_iteration = learn.position.iteration
         self.lars = next((cb for cb in learn.cbs if cb.state_key == "lars"), self.lars)
         self.phase_starts = [list(p) for p in learn.schedule.phase_starts()] if learn.schedule is not None else []
@@ -150,11 +156,12 @@ class Recorder(Callback):
         elif learn.loss is not None:
             n = _batch_size(learn)
             vals = [learn.loss.detach().float()]
-            vals += [_as_tensor(m(learn.pred, *learn.yb), learn.loss, name)
-                     for m, name in zip(learn.metrics, self.metric_names)]
+            vals += [_as_tensor(m(learn.pred, *learn.yb), learn.loss, name) for m, name in self._batch_metrics]
             batch = torch.stack(vals) * n if len(vals) > 1 else vals[0].reshape(1) * n
             self._val_sums = batch if self._val_sums is None else self._val_sums.add_(batch)
             self._val_count += n
+            for m in self._epoch_metrics:
+                m.update(learn.pred.detach(), *learn.yb)
 
     def after_train(self, learn) -> None:
         self.flush()
@@ -164,17 +171,25 @@ class Recorder(Callback):
 
     def before_validate(self, learn) -> None:
         self._val_sums, self._val_count = None, 0
+        for m in self._epoch_metrics:
+            m.reset()
 
     def after_validate(self, learn) -> None:
         if self._val_sums is None and not learn.is_distributed:
             self._val_values = None
             return
-        sums = self._val_sums if self._val_sums is not None else torch.zeros(1 + len(learn.metrics),
+        sums = self._val_sums if self._val_sums is not None else torch.zeros(1 + len(self._batch_metrics),
                                                                               device=learn.device)
         if learn.is_distributed:  # every rank validated its shard: add them up, then average
             both = learn.all_reduce_sum(torch.cat([sums, torch.tensor([float(self._val_count)], device=sums.device)]))
             sums, self._val_count = both[:-1], int(both[-1].item())
-        self._val_values = (sums / self._val_count).tolist() if self._val_count else None
+        if not self._val_count:
+            self._val_values = None
+            return
+        means = iter((sums / self._val_count).tolist())
+        loss, per_epoch = next(means), iter(self._epoch_metrics)
+        self._val_values = [loss] + [_epoch_value(next(per_epoch)) if is_epoch_metric(m) else next(means)
+                                     for m in learn.metrics]
 
     def after_epoch(self, learn) -> None:
         done = learn.position.iters_done
@@ -267,7 +282,18 @@ _lr_of = operator.itemgetter("lr")
 
 
 def _metric_name(m) -> str:
-    return getattr(m, "__name__", None) or getattr(m, "name", None) or type(m).__name__
+    return getattr(m, "__name__", None) or type(m).__name__
+
+
+def _epoch_value(m) -> float:
+    """``m.compute()`` as a float (one read back, once per epoch)."""
+    v = m.compute()
+    if torch.is_tensor(v):
+        if v.numel() != 1:
+            raise TypeError(f"metric {_metric_name(m)} computed a tensor of shape {tuple(v.shape)}; an epoch metric "
+                            "returns one number (for torchmetrics, average='macro' or 'micro' rather than None)")
+        return float(v.item())
+    return float(v)
 
 
 def _batch_size(learn) -> int:
