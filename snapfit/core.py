@@ -28,6 +28,7 @@ order  callback                why there
  900   ClosureStep             last in after_backward: ``opt.step(closure)`` for LBFGS-style optimizers
 1000   Resume                  restores callback state after every before_fit; RNG last in the epoch events
 1100   DeferredInterrupt       last in after_batch: Ctrl-C stops at a batch boundary, after the checkpoint
+2000   BackgroundWriter        last in cleanup_fit: the fit returns once every file it wrote is in place
 =====  ======================  ============================================================================
 """
 from __future__ import annotations

@@ -75,6 +75,8 @@ def _where(learn) -> str:
 
 
 def _files_kept(learn) -> str:
+    if learn.writer.pending:
+        learn.writer.wait()  # the files on disk, including the one being written
     folder = learn.models_path
     files = sorted(p.name for p in folder.glob("*.pt")) if folder.is_dir() else []
     return f"the files written before it are untouched: {files}" if files else "no weights were saved before it"

@@ -325,6 +325,7 @@ def fit_opt_sched(learn, phases: Sequence[TrainingPhase], cycle_save_name: Optio
     own_data, first = learn.data, start
     if resume is not None:  # the optimizer of the phase the checkpoint is in, before its state is loaded
         first = Position()
+        learn.writer.wait()
         first.load_state_dict(read_checkpoint(learn.model_file(check_name(resume, "resume")))["position"])
         first.settle()
     decoupled = DecoupledWeightDecay([]) if any(not p.wd_loss for p in phases) else None

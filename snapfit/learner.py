@@ -32,6 +32,7 @@ from .position import Position
 from .predict import predict, predict_dl, predict_with_targs, tta
 from .resume import read_checkpoint, resume_fit, saved_fit_args
 from .snapshots import average_snapshots, list_snapshots, load, load_cycle, predict_snapshots, save, saved_cycles
+from .writer import BackgroundWriter
 
 __all__ = ["Learner"]
 
@@ -78,8 +79,9 @@ class Learner:
         self.interrupted: Optional[str] = None  # set by DeferredInterrupt: 'train' or 'validate'
         self.cbs: List[Callback] = []
         self.recorder: Optional[Recorder] = None
+        self.writer = BackgroundWriter()  # writes snapshots and checkpoints off the loop's critical path
         self.add_cbs([Recorder(), TerminateOnNaN(), ProgressCallback(bars=progress), FreezeBatchNorm(),
-                      DeferredInterrupt(), *scale_out, *core.callback_list(callbacks)])
+                      DeferredInterrupt(), self.writer, *scale_out, *core.callback_list(callbacks)])
 
     # ------------------------------------------------------------------ position (read-only views)
     epoch = property(lambda self: self.position.epoch, doc="The epoch in progress (see `snapfit.position`).")
@@ -178,6 +180,7 @@ class Learner:
                allow_nonfinite: bool = False) -> Optional[List[float]]:
         """Continue the fit saved in checkpoint `name` (``fit(..., checkpoint=name)``) from where it was
         written, with the arguments stored in it."""
+        self.writer.wait()
         saved = saved_fit_args(read_checkpoint(self.model_file(check_name(name, "name"))), name)
         return self.fit(saved.pop("lrs"), saved.pop("n_cycle"), callbacks=callbacks, resume=name,
                         allow_nonfinite=allow_nonfinite, **saved)

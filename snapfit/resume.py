@@ -130,6 +130,7 @@ def resume_fit(learn, name: str, args, start: Position,
     that its weights and optimizer state are finite, unless `allow_nonfinite`), then restore the weights and
     the optimizer. Returns the fit's arguments (the checkpoint cadence is inherited unless this call names
     its own), the position to start from and ``[Resume(...)]``. Nothing is changed when a check fails."""
+    learn.writer.wait()
     learn.barrier()  # under torchrun: rank 0 has finished writing
     where = f"checkpoint {name!r}"
     state = read_checkpoint(learn.model_file(check_name(name, "resume")))

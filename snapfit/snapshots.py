@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ import torch
 from . import batchnorm
 from .checks import check_int, is_int
 from .finite import check_loaded, raise_if_nonfinite_state
-from .io import atomic_save, check_name, check_state_dict, load_file, load_state
+from .io import check_name, check_state_dict, load_file, load_state
 from .predict import eval_loader
 from .resume import FORMAT as CHECKPOINT_FORMAT
 
@@ -27,14 +27,18 @@ __all__ = ["save", "load", "snapshot_name", "saved_cycles", "load_cycle", "list_
            "predict_snapshots", "average_snapshots", "softmax_np"]
 
 
-def save(learn, name: str) -> Path:
+def save(learn, name: str, wait: bool = True, then: Optional[Callable[[], None]] = None) -> Path:
     """Save the model's state dict to ``{path}/{model_dir}/{name}.pt`` atomically (main process only); weights
-    holding NaN or inf are not written (`NonFiniteWeightsError`). Returns the path."""
+    holding NaN or inf are not written (`NonFiniteWeightsError`). The file is written by ``learn.writer``: with
+    `wait` (the default) it is in place when `save` returns, else the caller goes on while it is written
+    (`then()` runs once it is). Returns the path."""
     path = learn.model_file(name)
     state = learn.saved_model.state_dict()
     raise_if_nonfinite_state(learn, {"weights": state}, path)
     if learn.is_main_process:
-        atomic_save(state, path)
+        learn.writer.write(state, path, then)
+        if wait:
+            learn.writer.wait()
     return path
 
 
@@ -48,6 +52,7 @@ def load(learn, name: str, allow_nonfinite: bool = False):
 
 
 def _load_weights(learn, path: Path, allow_nonfinite: bool = False) -> None:
+    learn.writer.wait()  # a file being written in the background is read once it is in place
     state = load_file(path, map_location=learn.device)
     if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is a checkpoint of a whole fit, not a weights file: continue its fit with "
@@ -64,6 +69,7 @@ def snapshot_name(name: str, cycle: int) -> str:
 def saved_cycles(learn, name: str) -> List[int]:
     """Cycle indices saved under `name` (files ``{name}_cyc_{i}.pt`` in ``learn.models_path``), ascending."""
     pattern = re.compile(re.escape(snapshot_name(check_name(name), "")) + r"(\d+)\.pt$")
+    learn.writer.wait()
     if not learn.models_path.is_dir():
         return []
     return sorted(int(m.group(1)) for p in learn.models_path.iterdir() if (m := pattern.fullmatch(p.name)))

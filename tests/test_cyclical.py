@@ -130,7 +130,7 @@ def test_best_save_name_follows_the_first_metric_then_the_loss(tmp_path):
             self.saves, self.position = [], type("P", (), {"epoch": 0})()
             self.recorder = type("R", (), {"last_values": None})()
 
-        def save(self, name):
+        def save(self, name, **kw):
             self.saves.append(self.position.epoch)
 
     fake, cb = Fake(), SaveBest("best")

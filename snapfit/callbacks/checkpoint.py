@@ -12,7 +12,7 @@ import torch
 from ..checks import is_int
 from ..core import Callback
 from ..finite import NonFiniteError, raise_if_nonfinite_loss, raise_if_nonfinite_state
-from ..io import atomic_save, check_name
+from ..io import check_name
 from ..resume import checkpoint_state, read_checkpoint
 from ..rng import get_rng_states
 
@@ -109,6 +109,6 @@ class Checkpoint(Callback):
         state = checkpoint_state(learn, rng)
         raise_if_nonfinite_state(learn, {"weights": state["model"], "optimizer state": state["opt"]["state"]}, path)
         if learn.is_main_process:
-            atomic_save(state, path)
+            learn.writer.write(state, path)  # copied now, written in the background
         self.written.append((pos.iters_done, path))
         return path

@@ -54,15 +54,16 @@ class CycleSnapshot(Callback):
         self._save(learn, cycle, val)
 
     def _save(self, learn, cycle: int, val) -> None:
-        """Save the weights of `cycle` and the sidecar (`val`: the epoch's ``[val_loss, *metrics]``, or none)."""
-        path = learn.save(snapshot_name(self.save_name, cycle))
+        """Save the weights of `cycle` (in the background) and then the sidecar (`val`: the epoch's
+        ``[val_loss, *metrics]``, or none)."""
         rec = learn.recorder
         names = rec.metric_names if rec is not None else []
         record = {"cycle": cycle, "epoch": learn.position.epoch, "iteration": learn.position.iters_done,
                   "val_loss": _num(val[0]) if val else None,
                   "metrics": {n: _num(v) for n, v in zip(names, val[1:])}, "saved_at": time.time()}
-        if learn.is_main_process:
-            atomic_write_json(record, path.with_suffix(".json"))
+        stem = snapshot_name(self.save_name, cycle)
+        sidecar = learn.model_file(stem).with_suffix(".json")
+        path = learn.save(stem, wait=False, then=lambda: atomic_write_json(record, sidecar))
         self.saved.append((cycle, path))
 
 
@@ -93,7 +94,7 @@ class SaveBest(Callback):
             return
         key = (vals[1], -vals[0]) if len(vals) > 1 else (-vals[0],)
         if self.best is None or key > self.best:
-            learn.save(self.save_name)
+            learn.save(self.save_name, wait=False)
             self.best, self.best_epoch = key, learn.position.epoch
 
     def state_dict(self) -> dict:

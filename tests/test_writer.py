@@ -1,0 +1,81 @@
+"""Snapshots and checkpoints written by the background writer: the same bytes as a synchronous write, at most
+one write in flight, a failed write surfacing in the training thread naming the file, and files in place when
+fit returns."""
+import errno
+import threading
+import time
+
+import pytest
+import torch
+
+import snapfit.writer as writer_module
+from snapfit import Learner
+from snapfit.writer import BackgroundWriter, WriteError, host_copy
+from tests.helpers import small_data, small_model
+
+
+def run(tmp_path, background: bool, **fit):
+    torch.manual_seed(0)
+    learn = Learner(small_model(), small_data(), progress=False, device="cpu", path=tmp_path)
+    learn.writer.enabled = background
+    learn.fit(0.1, 2, cycle_len=1, cycle_save_name="snap", checkpoint="ckpt", checkpoint_every=2, **fit)
+    return learn
+
+
+def test_background_files_are_the_bytes_of_synchronous_ones(tmp_path):
+    run(tmp_path / "bg", True)
+    run(tmp_path / "sync", False)
+    for name in ("snap_cyc_0.pt", "snap_cyc_1.pt", "ckpt.pt"):
+        assert (tmp_path / "bg" / "models" / name).read_bytes() == (tmp_path / "sync" / "models" / name).read_bytes()
+
+
+def test_at_most_one_write_in_flight_and_all_done_when_fit_returns(tmp_path, monkeypatch):
+    spans, real = [], writer_module.atomic_save
+
+    def slow(state, path):
+        start = time.perf_counter()
+        time.sleep(0.05)
+        real(state, path)
+        spans.append((start, time.perf_counter(), threading.current_thread().name))
+
+    monkeypatch.setattr(writer_module, "atomic_save", slow)
+    learn = run(tmp_path, True)
+    assert len(spans) == learn.writer.written == 5 + 1 + 2, "checkpoints every 2 batches and at the end, snapshots"
+    spans.sort()
+    assert all(a_end <= b_start for (_, a_end, _), (b_start, _, _) in zip(spans, spans[1:])), "never two at once"
+    assert all(name.startswith("snapfit writer") for *_, name in spans), "written by the writer thread"
+    assert learn.saved_cycles("snap") == [0, 1] and not learn.writer.pending
+    learn.load_cycle("snap", 1)  # right after fit: the file is there
+
+
+def test_a_failed_write_surfaces_naming_the_file_and_keeps_the_previous(tmp_path, monkeypatch):
+    learn = run(tmp_path, True)
+    before = (tmp_path / "models" / "ckpt.pt").read_bytes()
+
+    def full(state, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer_module, "atomic_save", full)
+    with pytest.raises(WriteError, match=r"writing .*models/ckpt\.pt failed: OSError: \[Errno 28\] No space left on "
+                                         r"device; the previous ckpt\.pt \(if any\) is untouched"):
+        learn.fit(0.1, 2, checkpoint="ckpt", checkpoint_every=2)
+    assert learn.iteration <= 4, "stopped at the batch after the failed write, not at the end of the fit"
+    assert (tmp_path / "models" / "ckpt.pt").read_bytes() == before
+    monkeypatch.undo()
+    learn.fit(0.1, 1, checkpoint="ckpt")  # the learner is usable again
+    assert (tmp_path / "models" / "ckpt.pt").read_bytes() != before
+
+
+def test_the_copy_is_the_state_of_that_moment(tmp_path):
+    w = torch.ones(3)
+    state = {"w": w, "hist": [[1.0], [2.0]], "n": 3}
+    copy = host_copy(state)
+    w.add_(1)
+    state["hist"][0].append(9.0)
+    assert torch.equal(copy["w"], torch.ones(3)) and copy["hist"] == [[1.0], [2.0]] and copy["n"] == 3
+
+
+def test_writer_without_background(tmp_path):
+    wr = BackgroundWriter(enabled=False)
+    wr.write({"a": torch.zeros(2)}, tmp_path / "x.pt")
+    assert (tmp_path / "x.pt").is_file() and not wr.pending
