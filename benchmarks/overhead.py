@@ -3,10 +3,11 @@
     python benchmarks/overhead.py [--workload A|B|all] [--reps 5] [--threads 1] [--bs N] [--epochs 2]
 
 Both sides train the same model on the same DataLoaders with SGD (momentum 0.9) and the same SGDR
-schedule set every batch, and validate once per epoch (loss and accuracy summed on the device, read
-once). The plain side records nothing; `learn.fit` runs its default callbacks (recorder, progress bar,
-schedule, NaN check) and, as a third side, also saves a snapshot per cycle. The sides are interleaved
-(A B C A B C ...) in one process, threads pinned; the medians of seconds per epoch are compared.
+schedule set every batch (cosine, no warm-up on either side), and validate once per epoch (loss and
+accuracy summed on the device, read once). The plain side records nothing; `learn.fit` runs its default
+callbacks (recorder, progress bar, schedule, NaN check) and, as more sides, also saves a snapshot per epoch
+(one-epoch cycles) or writes a full checkpoint per epoch. The sides are interleaved (A B C D A B C D ...)
+in one process, threads pinned; the medians of seconds per epoch are compared.
 
 Workload A: MLP 64-256-256-10 on scikit-learn's digits, batch 32 (overhead-dominated).
 Workload B: ResNet-18 on 3x32x32 inputs, batch 64 (compute-dominated).
@@ -80,16 +81,13 @@ def bench(name, bs, reps, epochs, dev, tmp):
                     opt_func=lambda ps: torch.optim.SGD(ps, momentum=0.9))
     sink = io.StringIO()
 
-    def fit():
+    def fit(**kw):
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            learn.fit(0.05, epochs, cycle_len=1)
-
-    def fit_snap():
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            learn.fit(0.05, epochs, cycle_len=1, cycle_save_name="snap")
+            learn.fit(0.05, epochs, cycle_len=1, warmup=False, **kw)
 
     sides = {"plain loop": lambda: plain_fit(model, data, 0.05, epochs, 1, dev), "learn.fit": fit,
-             "learn.fit + snapshots": fit_snap}
+             "learn.fit + snapshots": lambda: fit(cycle_save_name="snap"),
+             "learn.fit + checkpoints": lambda: fit(checkpoint="ckpt", checkpoint_every="epoch")}
     for f in sides.values():
         f()  # warm-up (allocator, kernels, files)
     wall, cpu = {k: [] for k in sides}, {k: [] for k in sides}
@@ -130,15 +128,17 @@ def main():
           f"torch {torch.__version__}, {a.reps} interleaved reps of {a.epochs} epochs")
     print("Medians of wall-clock seconds per epoch; the last column is the ratio of the fastest runs in process "
           "CPU time (least disturbed by other load on a shared machine).")
-    print("| workload | batch | batches/epoch | plain s/epoch | fit s/epoch | fit+snapshots s/epoch "
-          "| fit/plain | fit+snap/plain | fit/plain (min CPU time) |\n|---|---|---|---|---|---|---|---|---|")
+    print("| workload | batch | batches/epoch | plain s/epoch | fit s/epoch | fit/plain | fit+snapshot per epoch / "
+          "plain | fit+checkpoint per epoch / plain | fit/plain (min CPU time) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name, bs in runs:
             med, cpu, nb = bench(name, bs, a.reps, a.epochs, dev, tmp)
-            pl, f, fs = med["plain loop"], med["learn.fit"], med["learn.fit + snapshots"]
+            pl, f = med["plain loop"], med["learn.fit"]
+            fs, fc = med["learn.fit + snapshots"], med["learn.fit + checkpoints"]
             c = cpu["learn.fit"] / cpu["plain loop"]
-            print(f"| {name} | {bs} | {nb} | {pl:.4f} | {f:.4f} | {fs:.4f} | {f / pl:.3f} | {fs / pl:.3f} | {c:.3f} |",
-                  flush=True)
+            print(f"| {name} | {bs} | {nb} | {pl:.4f} | {f:.4f} | {f / pl:.3f} | {fs / pl:.3f} | {fc / pl:.3f} "
+                  f"| {c:.3f} |", flush=True)
 
 
 if __name__ == "__main__":
