@@ -206,3 +206,17 @@ def test_interpretation_on_arrays_plots_a_table(digits_learner):
     assert isinstance(fig, Figure) and fig.axes[0].tables, "not images: a table of the top losses"
     with pytest.raises(ValueError, match="ds_type must be 'valid'"):
         ClassificationInterpretation.from_learner(learn, ds_type="test")
+
+
+def test_the_loggers_read_nothing_back_per_batch(tmp_path, host_reads):
+    def run(n_batches):
+        torch.manual_seed(0)
+        from tests.helpers import small_data, small_model
+        learn = Learner(small_model(), small_data(n_trn=4 * n_batches, n_val=8, bs=4), progress=False, device="cpu",
+                        path=tmp_path, callbacks=[TensorBoardLogger(tmp_path / f"tb{n_batches}"), CSVLogger()])
+        learn.sched.sync_every = 10_000
+        host_reads["n"] = 0
+        learn.fit(0.1, 2)
+        return host_reads["n"]
+
+    assert run(2) == run(20)
