@@ -99,6 +99,56 @@ def data_order(dl, epoch: int) -> Dict[str, Any]:
             "batch_size": getattr(dl, "batch_size", None)}
 
 
+_PACKED = "snapfit.packed_list"
+
+
+def _numbers(v) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) or v is None
+
+
+def pack_lists(obj: Any) -> Any:
+    """`obj` with every long list of numbers (1-d, or rectangular 2-d; None allowed) stored as one float64 tensor
+    marked for `unpack_lists`: a history of thousands of values pickles (and loads) as one tensor, not as
+    thousands of Python objects."""
+    if isinstance(obj, dict):
+        return {k: pack_lists(v) for k, v in obj.items()}
+    if isinstance(obj, list) and len(obj) >= 8:
+        rows = obj if all(isinstance(r, list) for r in obj) else None
+        if rows is not None and len({len(r) for r in rows}) == 1 and all(_numbers(v) for r in rows for v in r):
+            flat = [float("nan") if v is None else v for r in rows for v in r]
+            t = torch.tensor(flat, dtype=torch.float64).reshape(len(rows), len(rows[0]))
+        elif rows is None and all(_numbers(v) for v in obj):
+            t = torch.tensor([float("nan") if v is None else v for v in obj], dtype=torch.float64)
+        else:
+            return [pack_lists(v) for v in obj]
+        kinds = {type(v).__name__ for v in (obj if rows is None else (v for r in rows for v in r))}
+        return {_PACKED: t, "kinds": sorted(kinds)}
+    if isinstance(obj, list):
+        return [pack_lists(v) for v in obj]
+    return obj
+
+
+def unpack_lists(obj: Any) -> Any:
+    """Undo `pack_lists`: the lists as they were (ints as ints, NaN as None where the list held None)."""
+    if isinstance(obj, dict) and _PACKED in obj:
+        kinds, t = set(obj["kinds"]), obj[_PACKED]
+        nones = "NoneType" in kinds
+        as_int = kinds <= {"int", "NoneType"}
+
+        def value(v: float):
+            if nones and v != v:
+                return None
+            return int(v) if as_int else v
+
+        vals = t.tolist()
+        return [[value(v) for v in row] for row in vals] if t.ndim == 2 else [value(v) for v in vals]
+    if isinstance(obj, dict):
+        return {k: unpack_lists(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [unpack_lists(v) for v in obj]
+    return obj
+
+
 def checkpoint_state(learn, rng: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The checkpoint of the learner now (see the module docstring); `rng` defaults to the current RNG states."""
     pos = learn.position.settled()
@@ -108,7 +158,7 @@ def checkpoint_state(learn, rng: Optional[Dict[str, Any]] = None) -> Dict[str, A
         "opt": learn.opt.state_dict(),
         "position": pos.state_dict(),
         "fit_args": dict(learn.fit_args),
-        "callbacks": callback_states(learn),
+        "callbacks": pack_lists(callback_states(learn)),
         "rng": rng if rng is not None else get_rng_states(),
         "data": data_order(learn.data.train_dl, pos.epoch),
     }
@@ -168,7 +218,7 @@ def resume_fit(learn, name: str, args, start: Position,
     learn.saved_model.load_state_dict(state["model"])
     learn.opt.load_state_dict(state["opt"])
     position.settle()
-    return saved_args, position, [Resume(state["callbacks"], state["rng"], position.stage)]
+    return saved_args, position, [Resume(unpack_lists(state["callbacks"]), state["rng"], position.stage)]
 
 
 class Resume(Callback):

@@ -1,13 +1,16 @@
 """Writing snapshots and checkpoints off the training loop's critical path.
 
-At a snapshot or checkpoint the loop takes a consistent copy of the state to write (on CUDA: asynchronous
-copies into reused pinned host buffers, then an event; on the CPU: a copy) and hands it to one writer thread,
-which serialises, fsyncs and renames it (`io.atomic_save`), so a crash at any point leaves the previous file
-loadable. The loop goes on at once; at most one write is in flight (the next one waits for it). Whatever reads
-a file waits for the writes in flight first, and a failed write surfaces in the training thread, naming the
-file, at the next batch or at the end of the fit. Installed by default as ``learn.writer``."""
+At a snapshot or checkpoint the loop takes a consistent copy of the state to write and hands it to one writer
+thread, which writes it to a temp file, fsyncs and renames it (`io.atomic_write_bytes`), so a crash at any
+point leaves the previous file loadable. On CUDA the copy is asynchronous, into reused pinned host buffers,
+followed by an event, and the thread serialises it; on the CPU the loop serialises the state to bytes at once
+(about as fast as copying it, and the thread then only does file I/O, which releases the GIL). The loop goes
+on at once; at most one write is in flight (the next one waits for it). Whatever reads a file waits for the
+writes in flight first, and a failed write surfaces in the training thread, naming the file, at the next batch
+or at the end of the fit. Installed by default as ``learn.writer``."""
 from __future__ import annotations
 
+import io
 import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -15,7 +18,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 
 from .core import Callback
-from .io import atomic_save
+from .io import atomic_save, atomic_write_bytes
 
 __all__ = ["BackgroundWriter", "WriteError", "host_copy"]
 
@@ -73,27 +76,29 @@ class BackgroundWriter(Callback):
 
     def write(self, state: Any, path: Path, then: Optional[Callable[[], None]] = None) -> None:
         """Write `state` to `path` atomically, in the background; `then()` runs in the writer after the file is in
-        place (e.g. a snapshot's sidecar)."""
+        place (e.g. a snapshot's sidecar). Disabled, it writes at once (`io.atomic_save`)."""
         self.wait()  # at most one write in flight: this also makes the pinned buffers free for reuse
-        cuda = self.enabled and torch.cuda.is_available() and _has_cuda_tensor(state)
-        copy = host_copy(state, self._buffers if cuda else None)
-        done = None
-        if cuda:
-            done = torch.cuda.Event()
-            done.record()
+        path = Path(path)
         if not self.enabled:
-            self._run(copy, Path(path), done, then)
+            self._run(lambda: atomic_save(state, path), path, then)
             self.check()
             return
-        self._thread = threading.Thread(target=self._run, args=(copy, Path(path), done, then),
-                                        name=f"snapfit writer: {Path(path).name}", daemon=True)
+        if torch.cuda.is_available() and _has_cuda_tensor(state):
+            copy, done = host_copy(state, self._buffers), torch.cuda.Event()
+            done.record()
+            job = lambda: (done.synchronize(), atomic_save(copy, path))  # noqa: E731
+        else:
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            data = buf.getvalue()
+            job = lambda: atomic_write_bytes(data, path)  # noqa: E731
+        self._thread = threading.Thread(target=self._run, args=(job, path, then),
+                                        name=f"snapfit writer: {path.name}", daemon=True)
         self._thread.start()
 
-    def _run(self, state: Any, path: Path, done, then) -> None:
+    def _run(self, job: Callable[[], Any], path: Path, then) -> None:
         try:
-            if done is not None:
-                done.synchronize()
-            atomic_save(state, path)
+            job()
             if then is not None:
                 then()
             self.written += 1

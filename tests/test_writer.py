@@ -30,15 +30,15 @@ def test_background_files_are_the_bytes_of_synchronous_ones(tmp_path):
 
 
 def test_at_most_one_write_in_flight_and_all_done_when_fit_returns(tmp_path, monkeypatch):
-    spans, real = [], writer_module.atomic_save
+    spans, real = [], writer_module.atomic_write_bytes
 
-    def slow(state, path):
+    def slow(data, path):
         start = time.perf_counter()
         time.sleep(0.05)
-        real(state, path)
+        real(data, path)
         spans.append((start, time.perf_counter(), threading.current_thread().name))
 
-    monkeypatch.setattr(writer_module, "atomic_save", slow)
+    monkeypatch.setattr(writer_module, "atomic_write_bytes", slow)
     learn = run(tmp_path, True)
     assert len(spans) == learn.writer.written == 5 + 1 + 2, "checkpoints every 2 batches and at the end, snapshots"
     spans.sort()
@@ -52,10 +52,10 @@ def test_a_failed_write_surfaces_naming_the_file_and_keeps_the_previous(tmp_path
     learn = run(tmp_path, True)
     before = (tmp_path / "models" / "ckpt.pt").read_bytes()
 
-    def full(state, path):
+    def full(data, path):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(writer_module, "atomic_save", full)
+    monkeypatch.setattr(writer_module, "atomic_write_bytes", full)
     with pytest.raises(WriteError, match=r"writing .*models/ckpt\.pt failed: OSError: \[Errno 28\] No space left on "
                                          r"device; the previous ckpt\.pt \(if any\) is untouched"):
         learn.fit(0.1, 2, checkpoint="ckpt", checkpoint_every=2)
