@@ -17,8 +17,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
+from . import io as files  # through the module: one seam for every write (tests and tools can wrap it)
 from .core import Callback
-from .io import atomic_save, atomic_write_bytes
 
 __all__ = ["BackgroundWriter", "WriteError", "host_copy"]
 
@@ -80,18 +80,18 @@ class BackgroundWriter(Callback):
         self.wait()  # at most one write in flight: this also makes the pinned buffers free for reuse
         path = Path(path)
         if not self.enabled:
-            self._run(lambda: atomic_save(state, path), path, then)
+            self._run(lambda: files.atomic_save(state, path), path, then)
             self.check()
             return
         if torch.cuda.is_available() and _has_cuda_tensor(state):
             copy, done = host_copy(state, self._buffers), torch.cuda.Event()
             done.record()
-            job = lambda: (done.synchronize(), atomic_save(copy, path))  # noqa: E731
+            job = lambda: (done.synchronize(), files.atomic_save(copy, path))  # noqa: E731
         else:
             buf = io.BytesIO()
             torch.save(state, buf)
             data = buf.getvalue()
-            job = lambda: atomic_write_bytes(data, path)  # noqa: E731
+            job = lambda: files.atomic_write_bytes(data, path)  # noqa: E731
         self._thread = threading.Thread(target=self._run, args=(job, path, then),
                                         name=f"snapfit writer: {path.name}", daemon=True)
         self._thread.start()

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-import snapfit.writer as writer_module
+import snapfit.io as io_module
 from snapfit import Learner
 from snapfit.writer import BackgroundWriter, WriteError, host_copy
 from tests.helpers import small_data, small_model
@@ -30,20 +30,22 @@ def test_background_files_are_the_bytes_of_synchronous_ones(tmp_path):
 
 
 def test_at_most_one_write_in_flight_and_all_done_when_fit_returns(tmp_path, monkeypatch):
-    spans, real = [], writer_module.atomic_write_bytes
+    spans, real = [], io_module.atomic_write_bytes
 
     def slow(data, path):
         start = time.perf_counter()
         time.sleep(0.05)
         real(data, path)
-        spans.append((start, time.perf_counter(), threading.current_thread().name))
+        spans.append((start, time.perf_counter(), threading.current_thread().name, str(path)))
 
-    monkeypatch.setattr(writer_module, "atomic_write_bytes", slow)
+    monkeypatch.setattr(io_module, "atomic_write_bytes", slow)
     learn = run(tmp_path, True)
-    assert len(spans) == learn.writer.written == 5 + 1 + 2, "checkpoints every 2 batches and at the end, snapshots"
+    pt_files = [p for *_, p in spans if p.endswith(".pt")]
+    assert len(pt_files) == learn.writer.written == 5 + 1 + 2, "checkpoints every 2 batches and at the end, snapshots"
+    assert len(spans) == len(pt_files) + 2, "and each snapshot's sidecar, after its weights"
     spans.sort()
-    assert all(a_end <= b_start for (_, a_end, _), (b_start, _, _) in zip(spans, spans[1:])), "never two at once"
-    assert all(name.startswith("snapfit writer") for *_, name in spans), "written by the writer thread"
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), "never two at once"
+    assert all(name.startswith("snapfit writer") for _, _, name, _ in spans), "written by the writer thread"
     assert learn.saved_cycles("snap") == [0, 1] and not learn.writer.pending
     learn.load_cycle("snap", 1)  # right after fit: the file is there
 
@@ -55,7 +57,7 @@ def test_a_failed_write_surfaces_naming_the_file_and_keeps_the_previous(tmp_path
     def full(data, path):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(writer_module, "atomic_write_bytes", full)
+    monkeypatch.setattr(io_module, "atomic_write_bytes", full)
     with pytest.raises(WriteError, match=r"writing .*models/ckpt\.pt failed: OSError: \[Errno 28\] No space left on "
                                          r"device; the previous ckpt\.pt \(if any\) is untouched"):
         learn.fit(0.1, 2, checkpoint="ckpt", checkpoint_every=2)
