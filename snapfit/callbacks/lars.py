@@ -11,7 +11,18 @@ and the group's own weight decay is switched off for the optimizer step (it is f
 momentum SGD performs the paper's update ``v <- m v + lr * ratio * (g + wd w); w <- w - v``. Excluded
 tensors (biases and normalisation parameters by default) keep the plain update ``g + wd * w``. All
 norms are computed with ``torch._foreach_norm`` on the device: no host sync; the ratios are read back
-only when recorded (every `record_every` batches, default once per epoch)."""
+only when recorded (every `record_every` batches, default once per epoch).
+
+LARS is defined for SGD. An adaptive optimizer (Adam, AdamW, RMSprop, Adagrad, ... : anything with
+per-element second moments or ``betas``) divides each gradient element by its own running scale, which
+undoes a per-tensor gradient scale, and folding weight decay into the gradient would turn AdamW's decoupled
+decay into L2; so LARS refuses them. `LAMB` (You et al. 2019, "Large Batch Optimization for Deep Learning")
+is the layer-wise rule for those: it rescales the optimizer's *update* u of each included tensor instead,
+
+    w <- w - lr * (||w|| / ||u||) * u        (u = the step the optimizer took, divided by lr; ratio 1 when
+                                              ||w|| or ||u|| is 0; clip=True: the ratio is at most 1)
+
+so with AdamW, u = m_hat / (sqrt(v_hat) + eps) + wd * w, exactly the paper's update."""
 from __future__ import annotations
 
 from typing import Callable, Dict, List, Optional, Sequence, Union
@@ -22,14 +33,25 @@ from torch import nn
 
 from ..checks import check_bool, check_float, check_int
 from ..core import Callback
+from ..optim import needs_closure
 from ..plots import finish_figure, new_figure
 
-__all__ = ["LARS", "default_lars_exclude"]
+__all__ = ["LARS", "LAMB", "default_lars_exclude", "is_adaptive"]
 
 
 def default_lars_exclude(name: str, param: nn.Parameter) -> bool:
     """Biases and normalisation parameters (any 0- or 1-dimensional tensor) are left out of LARS."""
     return param.ndim <= 1 or name.endswith(".bias")
+
+
+_ADAPTIVE = tuple(getattr(torch.optim, n) for n in ("Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop",
+                                                    "Adagrad", "Adadelta", "SparseAdam") if hasattr(torch.optim, n))
+
+
+def is_adaptive(opt: torch.optim.Optimizer) -> bool:
+    """True for optimizers that scale each gradient element by its own running statistics (torch's Adam family,
+    RMSprop, Adagrad, Adadelta, or any optimizer whose param groups have ``betas``)."""
+    return isinstance(opt, _ADAPTIVE) or any("betas" in g for g in opt.param_groups)
 
 
 def _exclusion(exclude) -> Callable[[str, nn.Parameter], bool]:
@@ -53,6 +75,7 @@ class LARS(Callback):
 
     order = 10  # in after_backward, before callbacks that step the optimizer themselves
     state_key = "lars"
+    _clip_label = " (clipped: min(ratio/lr, 1))"
 
     def __init__(self, trust_coef: float = 0.001, eps: float = 1e-8, clip: bool = False,
                  exclude: Union[Callable[[str, nn.Parameter], bool], Sequence[str], None] = None,
@@ -79,6 +102,7 @@ class LARS(Callback):
 
     def _setup(self, learn) -> None:
         """Split each param group of ``learn.opt`` into the tensors LARS adapts and those it leaves out."""
+        self._check_optimizer(learn.opt)
         self._opt = learn.opt
         named = dict((id(p), n) for n, p in learn.saved_model.named_parameters())
         self._groups = []
@@ -88,6 +112,12 @@ class LARS(Callback):
             exc = [p for p in g["params"] if self.exclude(named.get(id(p), ""), p)]
             self._groups.append((g, inc, exc))
             self.names += [named.get(id(p), f"param{len(self.names)}") for p in inc]
+
+    def _check_optimizer(self, opt) -> None:
+        if is_adaptive(opt):
+            raise ValueError(f"LARS scales each tensor's gradient, which {type(opt).__name__} divides by per-element "
+                             "running statistics (undoing the scale), and would turn decoupled weight decay into "
+                             "L2: use callbacks=[LAMB()] with an adaptive optimizer, or LARS with SGD")
 
     def ratios(self, learn) -> List[Optional[torch.Tensor]]:
         """Compute the trust ratio of every included tensor (one device tensor per param group) and fold
@@ -127,12 +157,15 @@ class LARS(Callback):
                 g["weight_decay"] = 0.0
 
     def after_step(self, learn) -> None:
+        self._restore_weight_decay()
+
+    def _restore_weight_decay(self) -> None:
         for g, _, _ in self._groups:
             if id(g) in self._saved_wd:
                 g["weight_decay"] = self._saved_wd.pop(id(g))
 
     def after_batch(self, learn) -> None:
-        self.after_step(learn)  # restore weight decay also when the step was skipped
+        self._restore_weight_decay()  # also when the step was skipped
         ratios, self._last = self._last, None
         if ratios is None or not learn.training:
             return
@@ -166,7 +199,7 @@ class LARS(Callback):
             ax.set_yscale("log")
             ax.legend(loc="best", fontsize=7)
         ax.set_xlabel("iteration")
-        ax.set_ylabel("LARS trust ratio" + (" (clipped: min(ratio/lr, 1))" if self.clip else ""))
+        ax.set_ylabel(f"{type(self).__name__} trust ratio" + (self._clip_label if self.clip else ""))
         return finish_figure(fig)
 
     def state_dict(self):
@@ -177,3 +210,68 @@ class LARS(Callback):
     def load_state_dict(self, state) -> None:
         """Restore what `state_dict` saved."""
         self.iterations, self.history = list(state["iterations"]), [list(h) for h in state["history"]]
+
+
+class LAMB(LARS):
+    """Layer-wise trust ratio applied to the optimizer's update (see the module docstring): after each step,
+    every included tensor's step is rescaled to length ``lr * ||w||``. Works over any optimizer (meant for
+    Adam/AdamW); the optimizer keeps its own weight decay. `exclude`, `record_every` and ``plot()`` as in
+    LARS; `clip=True` caps the ratio at 1. Keeps a copy of the included weights (one step's worth)."""
+
+    state_key = "lamb"
+    _clip_label = " (clipped: at most 1)"
+
+    def __init__(self, clip: bool = False, eps: float = 0.0,
+                 exclude: Union[Callable[[str, nn.Parameter], bool], Sequence[str], None] = None,
+                 record_every: Optional[int] = None):
+        super().__init__(trust_coef=1.0, eps=eps, clip=clip, exclude=exclude, record_every=record_every)
+        self._before: List[List[torch.Tensor]] = []
+        self._stepping = False  # between after_backward (weights copied) and after_step
+
+    def _check_optimizer(self, opt) -> None:
+        pass  # any optimizer: the ratio applies to its update
+
+    def _setup(self, learn) -> None:
+        super()._setup(learn)
+        if needs_closure(learn.opt):
+            raise ValueError(f"LAMB rescales one step per batch; {type(learn.opt).__name__} takes several inside "
+                             "its closure: use LAMB with a one-step optimizer such as AdamW")
+        self._before = [[torch.empty_like(p) for p in inc] for _, inc, _ in self._groups]
+
+    def after_backward(self, learn) -> None:
+        if not learn.training:
+            return
+        if learn.opt is not self._opt:  # a training phase swapped the optimizer
+            self._setup(learn)
+        for (_, inc, _), before in zip(self._groups, self._before):
+            if inc:
+                torch._foreach_copy_(before, [p.detach() for p in inc])
+        self._stepping = True
+
+    def after_step(self, learn) -> None:
+        if not self._stepping:
+            return
+        self._stepping = False
+        out = []
+        for (g, inc, _), before in zip(self._groups, self._before):
+            lr = float(g["lr"])
+            if not inc:
+                out.append(None)
+                continue
+            ws = [p.detach() for p in inc]
+            w_norm = torch.stack(torch._foreach_norm(before))
+            torch._foreach_sub_(before, ws)  # before = w_old - w_new = -(step)
+            step_norm = torch.stack(torch._foreach_norm(before))
+            ratio = lr * w_norm / (step_norm + self.eps) if lr > 0 else torch.ones_like(w_norm)
+            ratio = torch.where((w_norm > 0) & (step_norm > 0), ratio, torch.ones_like(ratio))
+            if self.clip:
+                ratio = torch.clamp(ratio, max=1.0)
+            # w_old - ratio * (w_old - w_new) = w_new - (ratio - 1) * (w_old - w_new)
+            torch._foreach_mul_(before, list((ratio - 1).unbind()))
+            torch._foreach_sub_(ws, before)
+            out.append(ratio)
+        self._last = out
+
+    def after_batch(self, learn) -> None:
+        self._stepping = False
+        super().after_batch(learn)

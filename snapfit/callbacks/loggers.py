@@ -30,8 +30,9 @@ def _summary_writer():
 class TensorBoardLogger(Callback):
     """Writes TensorBoard scalars under `log_dir` (default ``{path}/runs/{date-time}``), the step being the
     global iteration: per batch ``train/loss``, ``train/smooth_loss``, ``lr/group_{i}`` and
-    ``momentum/group_{i}``; per epoch ``valid/loss``, ``valid/{metric}`` and ``train/epoch_loss``; LARS's trust
-    ratios (``lars/{parameter}``) when LARS runs; the fit's arguments as hparams at the end of the fit."""
+    ``momentum/group_{i}``; per epoch ``valid/loss``, ``valid/{metric}`` and ``train/epoch_loss``; the trust
+    ratios (``lars/{parameter}`` or ``lamb/{parameter}``) when LARS or LAMB runs; the fit's arguments as
+    hparams at the end of the fit."""
 
     order = 65  # after the recorder (50) has read the epoch back
     state_key = "tensorboard"
@@ -87,7 +88,7 @@ class TensorBoardLogger(Callback):
         if lars is not None:  # LARS (order 10) has read this epoch's ratios back already
             for it, ratios in zip(lars.iterations[self._lars:], lars.history[self._lars:]):
                 for name, r in zip(lars.names, ratios):
-                    w.add_scalar(f"lars/{name}", r, it)
+                    w.add_scalar(f"{lars.state_key}/{name}", r, it)  # lars/... or lamb/...
             self._lars = len(lars.iterations)
         w.flush()
 

@@ -20,6 +20,7 @@ from ..metrics import is_epoch_metric
 from ..optim import get_momentum
 from ..plots import finish_figure, new_figure
 from ..smoothing import DebiasedEMA, smooth
+from .lars import LARS
 
 __all__ = ["Recorder", "smooth"]
 
@@ -29,7 +30,7 @@ class Recorder(Callback):
     attributes: `lrs` (last group, per iteration), `group_lrs` (all groups), `losses`, `smooth_losses`,
     `val_losses`, `metrics` (per epoch), `epoch_iterations`, `cycle_ends`; `nonfinite` says where the
     training loss first became NaN or infinite. `finder` holds the last LR range test (set by
-    ``learn.lr_find()``), `lars` the LARS callback of the last fit that had one."""
+    ``learn.lr_find()``), `lars` the LARS (or LAMB) callback of the last fit that had one."""
 
     order = 50
     state_key = "recorder"
@@ -135,7 +136,7 @@ class Recorder(Callback):
             if callable(getattr(m, "to", None)):
                 m.to(learn.device)
         self.first_iteration = learn.position.iteration
-        self.lars = next((cb for cb in learn.cbs if cb.state_key == "lars"), self.lars)
+        self.lars = next((cb for cb in learn.cbs if isinstance(cb, LARS)), self.lars)
         self.phase_starts = [list(p) for p in learn.schedule.phase_starts()] if learn.schedule is not None else []
 
     def before_train(self, learn) -> None:
