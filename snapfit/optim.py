@@ -24,7 +24,14 @@ def create_opt(layer_groups: Sequence[nn.Module], opt_func: Callable) -> torch.o
     if not seen:
         raise ValueError("the model has no parameters to train: give a model with parameters (nn.Module with "
                          "weights), or a tensor to optimise")
-    return opt_func(groups)
+    try:
+        return opt_func(groups)
+    except ValueError as e:  # e.g. LBFGS: "doesn't support per-parameter options (parameter groups)"
+        if len(groups) > 1 and "group" in str(e):
+            raise ValueError(f"opt_func could not build an optimizer with {len(groups)} param groups (one per layer "
+                             f"group): {e}. Use this optimizer with a single layer group (leave layer_groups= "
+                             "out)") from e
+        raise
 
 
 def needs_closure(opt) -> bool:

@@ -54,6 +54,16 @@ def test_lrs_per_group(make_learner, lrs, message):
         make_learner().fit(lrs, 1)
 
 
+def test_a_one_group_optimizer_with_two_layer_groups(tmp_path):
+    model = small_model()
+    with pytest.raises(ValueError, match=r"opt_func could not build an optimizer with 2 param groups \(one per layer "
+                                         r"group\): LBFGS doesn't support per-parameter options .*Use this optimizer "
+                                         r"with a single layer group \(leave layer_groups= out\)"):
+        learn = Learner(model, small_data(), layer_groups=[model[0], model[2]], progress=False, device="cpu",
+                        path=tmp_path, opt_func=lambda ps: torch.optim.LBFGS(ps))
+        learn.fit(0.1, 1)
+
+
 def test_lrs_length_with_two_layer_groups(tmp_path):
     model = small_model()
     learn = Learner(model, small_data(), layer_groups=[model[0], model[2]], progress=False, device="cpu", path=tmp_path)
