@@ -19,12 +19,15 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from .checks import check_bool
 from .core import Callback
 from .data.core import EpochShuffleSampler
 from .optim import needs_closure
+from .sync_batchnorm import sync_bn_callbacks
 
 __all__ = ["default_device", "prepare", "torchrun_env", "init_distributed", "is_distributed", "is_main_process",
-           "all_reduce_sum", "barrier", "DistributedEpochSampler", "ShardSampler", "with_sampler", "distribute_data",
+           "all_reduce_sum", "barrier", "rank", "world_size", "all_gather_object", "DistributedEpochSampler",
+           "ShardSampler", "with_sampler", "distribute_data",
            "DistributedTraining"]
 
 
@@ -33,10 +36,11 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def prepare(device: Union[str, torch.device, None], data) -> Tuple[torch.device, Any, List[Callback]]:
+def prepare(device: Union[str, torch.device, None], data, model: Optional[torch.nn.Module] = None,
+            sync_bn: bool = False) -> Tuple[torch.device, Any, List[Callback]]:
     """A learner's device, data and extra callbacks. Alone: `device` (default: CUDA when available), `data`
     as given. Under torchrun: ``cuda:LOCAL_RANK`` (or the CPU), the process group initialised, the data
-    sharded across the ranks, and `DistributedTraining`."""
+    sharded across the ranks, `DistributedTraining`, and with `sync_bn` `SyncBatchNorm` for `model`."""
     env = torchrun_env()
     if env is not None and device is None:
         device = f"cuda:{env['local_rank']}" if torch.cuda.is_available() else "cpu"
@@ -46,11 +50,12 @@ def prepare(device: Union[str, torch.device, None], data) -> Tuple[torch.device,
         raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' (or a torch.device), got {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but CUDA is not available; pass device='cpu' or leave it None")
+    check_bool("sync_bn", sync_bn)
     if env is None:
-        return dev, data, []
+        return dev, data, sync_bn_callbacks(sync_bn, False, model)
     init_distributed(dev.type == "cuda")
     ddp = DistributedTraining(device_ids=[dev.index] if dev.type == "cuda" else None)
-    return dev, distribute_data(data, env["rank"], env["world_size"]), [ddp]
+    return dev, distribute_data(data, env["rank"], env["world_size"]), [*sync_bn_callbacks(sync_bn, True, model), ddp]
 
 
 def torchrun_env() -> Optional[Dict[str, int]]:
@@ -74,7 +79,17 @@ def init_distributed(use_cuda: bool) -> Dict[str, int]:
     if use_cuda:
         torch.cuda.set_device(env["local_rank"])
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        backend = "nccl" if use_cuda else "gloo"
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if attempt is None:
+            dist.init_process_group(backend=backend)
+        else:
+            # torchrun's agent keeps one store across restarts: the ranks of a restarted attempt would read the
+            # addresses the dead attempt published there and fail to connect ("Gloo connectFullMesh failed ...
+            # Connection refused"). Each attempt gets its own namespace in the store.
+            store, rank_, world = next(dist.rendezvous("env://"))
+            store = dist.PrefixStore(f"snapfit/attempt_{attempt}", store)
+            dist.init_process_group(backend=backend, store=store, rank=rank_, world_size=world)
         atexit.register(_destroy)
     return env
 
@@ -92,6 +107,26 @@ def is_distributed() -> bool:
 def is_main_process() -> bool:
     """False on every rank but 0 of a torch.distributed job: only the main process writes files and prints."""
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def rank() -> int:
+    """This process's rank in a torch.distributed job (0 otherwise)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    """The number of processes of a torch.distributed job (1 otherwise)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_gather_object(obj: Any) -> List[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank of a torch.distributed job (``[obj]`` otherwise).
+    Every rank must call it at the same point."""
+    if not is_distributed():
+        return [obj]
+    out: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ from .core import Callback, callback_list
 from .data.core import check_data, n_train_batches
 from .io import check_name
 from .position import Position
-from .resume import read_checkpoint, resume_fit
+from .resume import checkpoint_to_resume, read_checkpoint, resume_fit
 
 __all__ = ["FitArgs", "fit_signature", "fit_schedule", "PhaseFitArgs", "fit_opt_sched"]
 
@@ -298,7 +298,7 @@ def fit_opt_sched(learn, phases: Sequence[TrainingPhase], cycle_save_name: Optio
                   best_save_name: Optional[str] = None, stop_div: bool = False,
                   data_list: Optional[Sequence[Any]] = None, callbacks: Optional[Iterable[Callback]] = None,
                   checkpoint: Optional[str] = None, checkpoint_every: Union[int, str] = "epoch",
-                  resume: Optional[str] = None, allow_nonfinite: bool = False) -> Optional[List[float]]:
+                  resume: Union[str, bool, None] = None, allow_nonfinite: bool = False) -> Optional[List[float]]:
     """fastai 0.7's training phases: run `phases` (`TrainingPhase`) one after the other, each with its own
     length, optimizer, LR and momentum schedule, weight decay and, with `data_list`, data. `cycle_save_name`
     saves a snapshot at the end of each phase, `best_save_name` the best epoch, `stop_div` stops when the loss
@@ -317,6 +317,7 @@ def fit_opt_sched(learn, phases: Sequence[TrainingPhase], cycle_save_name: Optio
         if name is not None:
             check_name(name, arg)
     Checkpoint.check_every(checkpoint_every)
+    resume = checkpoint_to_resume(learn, resume, checkpoint)
     args = PhaseFitArgs([p.describe() for p in phases], len(data_list or []), cycle_save_name, best_save_name,
                         check_bool("stop_div", stop_div), checkpoint, checkpoint_every)
     plan = PhasePlan(phases, [n_train_batches(d.train_dl) for d in datas], [id(d) for d in datas])

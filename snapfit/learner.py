@@ -43,6 +43,7 @@ class Learner:
     ``learn.fit(lrs, n_cycle, cycle_len=..., cycle_mult=..., cycle_save_name=...)`` runs SGDR with
     per-cycle snapshots; `learn.sched` records and plots what ran. `loss_func` defaults to the
     data's (cross-entropy for integer targets, MSE for floats); `opt_func` to SGD with momentum 0.9.
+    Under torchrun, `sync_bn=True` makes BatchNorm use the global batch's statistics (`snapfit.sync_batchnorm`).
 
     What callbacks read (each means the same in every event): `position` (epoch, batch, iteration,
     stage: see `snapfit.position`), `training`, `dl`, `xb`, `yb`, `pred`, `loss` (and `loss_grad`, the
@@ -53,9 +54,11 @@ class Learner:
                  opt_func: Optional[Callable] = None, metrics: Sequence[Callable] = (),
                  path: Union[str, Path] = ".", model_dir: str = "models", callbacks: Iterable[Callback] = (),
                  device: Union[str, torch.device, None] = None, wd: float = 0.0, progress: bool = True,
-                 layer_groups: Optional[Sequence[nn.Module]] = None, channels_last: bool = False):
+                 layer_groups: Optional[Sequence[nn.Module]] = None, channels_last: bool = False,
+                 sync_bn: bool = False):
         model = as_module(model)  # a tensor to optimise (an image's pixels) becomes a TensorModel
-        self.device, self.data, scale_out = prepare(device, check_data(data))  # torchrun: process group, shards
+        # torchrun: process group, shards, DDP (and with sync_bn, BatchNorm over the global batch)
+        self.device, self.data, scale_out = prepare(device, check_data(data), model, sync_bn)
         self.channels_last = bool(channels_last)
         self.model = model.to(self.device, memory_format=torch.channels_last if channels_last else None)
         self.loss_func = loss_func if loss_func is not None else getattr(data, "loss_func", None)
@@ -156,12 +159,13 @@ class Learner:
 
     # ------------------------------------------------------------------ fit
     def fit(self, lrs, n_cycle: int, wds=None, *, callbacks: Optional[Iterable[Callback]] = None,
-            resume: Optional[str] = None, allow_nonfinite: bool = False, **options) -> Optional[List[float]]:
+            resume: Union[str, bool, None] = None, allow_nonfinite: bool = False, **options) -> Optional[List[float]]:
         """Train with fastai 0.7 semantics: `n_cycle` epochs at constant `lrs`, or with `cycle_len`, `n_cycle` SGDR
         cycles (``lr = lr_max/2 * (1 + cos(pi*t/nb))`` set every batch) with a snapshot at each cycle end. The
         keyword options are the fields of `FitArgs` (documented there); `callbacks` are added for this fit;
         `resume='ckpt'` continues the fit saved in that checkpoint (refused when it holds NaN or inf, unless
-        `allow_nonfinite`). Returns the last ``[val_loss, *metrics]``."""
+        `allow_nonfinite`); `resume=True` continues from `checkpoint=` when it exists, else starts fresh.
+        Returns the last ``[val_loss, *metrics]``."""
         args = FitArgs.from_call(lrs, n_cycle, dict(options, wds=wds))  # every argument checked first
         opt = self.opt if self.opt is not None else self.create_opt()
         args = args.for_groups(len(opt.param_groups), self.wd)

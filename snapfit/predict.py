@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .checks import check_int
+from .distributed import ShardSampler, all_gather_object, is_distributed
 
 __all__ = ["eval_loader", "predict_dl", "predict", "predict_with_targs", "tta"]
 
@@ -23,7 +24,8 @@ def eval_loader(data, is_test: bool = False):
 
 def predict_dl(learn, dl) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """The model's outputs (and the targets, when the loader yields them) over `dl` in eval mode, as NumPy
-    arrays; the model's train/eval mode is put back."""
+    arrays; the model's train/eval mode is put back. Under torchrun a sharded validation/test loader's outputs
+    are gathered: every rank returns the whole set, in the single-process order."""
     was_training = learn.model.training
     learn.model.eval()
     preds, targs = [], []
@@ -38,6 +40,10 @@ def predict_dl(learn, dl) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         learn.model.train(was_training)
     p = torch.cat(preds).float().cpu().numpy() if preds else np.zeros((0,))
     t = torch.cat(targs).cpu().numpy() if targs else None
+    if is_distributed() and isinstance(getattr(dl, "sampler", None), ShardSampler):
+        parts = [pt for pt in all_gather_object((p, t)) if len(pt[0])]  # contiguous shards, in rank order
+        p = np.concatenate([a for a, _ in parts]) if parts else p
+        t = np.concatenate([b for _, b in parts]) if parts and t is not None else t
     return p, t
 
 

@@ -11,7 +11,11 @@ plain containers, so it loads with ``torch.load(weights_only=True)``:
   average, the AMP scaler ...), under that key;
 - ``rng``: every RNG state (torch CPU/CUDA, Python, NumPy) at the point the fit continues from: at the
   moment of writing, or at the end of the epoch's training when written during validation (which reruns);
-- ``data``: the epoch's training order, to refuse resuming on different data.
+  under torchrun ``rng_ranks`` holds every rank's (gathered to rank 0, which writes the one file), and
+  ``callbacks_ranks`` every rank's callback states (each rank's recorder saw its own losses);
+- ``world_size``: the number of processes of the fit (each rank's batches depend on it);
+- ``data``: the epoch's global training order (every rank derives its shard from it), to refuse resuming on
+  different data.
 
 `resume_fit` reads and checks a checkpoint against the fit (before changing anything), restores weights and
 optimizer, and returns the position and the `Resume` callback, which restores the callbacks' states at the
@@ -24,18 +28,21 @@ from __future__ import annotations
 
 import copy
 import numbers
+import sys
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 
 from .core import Callback
+from .distributed import all_gather_object, rank, world_size
 from .finite import check_loaded
 from .io import DamagedFileError, check_name, check_state_dict, load_file
 from .position import Position
 from .rng import get_rng_states, set_rng_states
 
-__all__ = ["FORMAT", "VERSION", "read_checkpoint", "saved_fit_args", "checkpoint_state", "resume_fit", "Resume",
+__all__ = ["FORMAT", "VERSION", "read_checkpoint", "checkpoint_to_resume", "saved_fit_args", "checkpoint_state",
+           "resume_fit", "Resume",
            "callback_states", "data_order", "preserved_state"]
 
 FORMAT = "snapfit.checkpoint"
@@ -56,6 +63,29 @@ def read_checkpoint(path) -> Dict[str, Any]:
         pos = state["position"]
         pos["stage"] = "validate" if pos["batch_idx"] >= pos["n_batches"] else "train" if pos["batch_idx"] else "start"
     return state
+
+
+def checkpoint_to_resume(learn, resume: Union[str, bool, None], checkpoint: Optional[str]) -> Optional[str]:
+    """The checkpoint a fit continues from: `resume` itself when it is a name; with ``resume=True`` the fit's own
+    `checkpoint` when that file exists (else None: the fit starts fresh, as on the first run of a script that
+    torchrun may restart); None for None or False. Under torchrun rank 0 decides for every rank."""
+    if resume is None or resume is False:
+        return None
+    if resume is True:
+        if checkpoint is None:
+            raise ValueError("resume=True continues from the fit's own checkpoint when it exists: give "
+                             "checkpoint='name' too (or resume='name' to continue a particular checkpoint)")
+        name = check_name(checkpoint, "checkpoint")
+        learn.writer.wait()
+        exists = all_gather_object(learn.model_file(name).exists())[0]
+        if exists and learn.is_main_process:
+            print(f"snapfit: resume=True: continuing from checkpoint {str(learn.model_file(name))!r}", file=sys.stderr,
+                  flush=True)
+        return name if exists else None
+    if not isinstance(resume, str):
+        raise ValueError(f"resume must be a checkpoint name, True (continue from checkpoint= when it exists) or None, "
+                         f"got {resume!r}")
+    return check_name(resume, "resume")
 
 
 def saved_fit_args(state: Dict[str, Any], name: str) -> Dict[str, Any]:
@@ -90,9 +120,11 @@ def callback_states(learn) -> Dict[str, Any]:
 
 
 def data_order(dl, epoch: int) -> Dict[str, Any]:
-    """The training order of `epoch` when the loader's sampler can tell it (``sampler.order(epoch)``)."""
+    """The training order of `epoch` when the loader's sampler can tell it (``sampler.order(epoch)``); under
+    torchrun the global order the ranks' shards come from (``sampler.global_order``), the same on every rank."""
     sampler = getattr(dl, "sampler", None)
-    order = sampler.order(epoch) if callable(getattr(sampler, "order", None)) else None
+    source = getattr(sampler, "global_order", sampler)
+    order = source.order(epoch) if callable(getattr(source, "order", None)) else None
     if order is not None and len(order) < 2 ** 31:
         order = order.to(torch.int32)
     return {"sampler": type(sampler).__name__, "epoch": epoch, "order": order,
@@ -150,18 +182,25 @@ def unpack_lists(obj: Any) -> Any:
 
 
 def checkpoint_state(learn, rng: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """The checkpoint of the learner now (see the module docstring); `rng` defaults to the current RNG states."""
+    """The checkpoint of the learner now (see the module docstring); `rng` defaults to the current RNG states.
+    Under torchrun every rank must call it at the same point (the ranks' RNG states are gathered)."""
     pos = learn.position.settled()
-    return {
+    rngs = all_gather_object(rng if rng is not None else get_rng_states())
+    callbacks = all_gather_object(pack_lists(callback_states(learn)))
+    state = {
         "format": FORMAT, "version": VERSION, "torch_version": str(torch.__version__),
         "model": learn.saved_model.state_dict(),
         "opt": learn.opt.state_dict(),
         "position": pos.state_dict(),
         "fit_args": dict(learn.fit_args),
-        "callbacks": pack_lists(callback_states(learn)),
-        "rng": rng if rng is not None else get_rng_states(),
+        "callbacks": callbacks[rank()],
+        "rng": rngs[rank()],
+        "world_size": len(rngs),
         "data": data_order(learn.data.train_dl, pos.epoch),
     }
+    if len(rngs) > 1:
+        state["rng_ranks"], state["callbacks_ranks"] = rngs, callbacks
+    return state
 
 
 def _norm(v):
@@ -173,13 +212,17 @@ def _norm(v):
     return float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) else v
 
 
-def resume_fit(learn, name: str, args, start: Position,
+def resume_fit(learn, name: Union[str, bool, None], args, start: Position,
                allow_nonfinite: bool = False) -> Tuple[Any, Position, List[Callback]]:
     """Continue the fit saved in checkpoint `name`: check it against this fit's `args` (a `FitArgs`, or the
     arguments of `fit_opt_sched`), its `start` position (the epochs' count and lengths) and the learner (and
     that its weights and optimizer state are finite, unless `allow_nonfinite`), then restore the weights and
     the optimizer. Returns the fit's arguments (the checkpoint cadence is inherited unless this call names
-    its own), the position to start from and ``[Resume(...)]``. Nothing is changed when a check fails."""
+    its own), the position to start from and ``[Resume(...)]``. Nothing is changed when a check fails. With
+    ``name=True`` the fit's own checkpoint, when it exists (`checkpoint_to_resume`); else the fit starts fresh."""
+    name = checkpoint_to_resume(learn, name, args.checkpoint)
+    if name is None:
+        return args, start, []
     learn.writer.wait()
     learn.barrier()  # under torchrun: rank 0 has finished writing
     where = f"checkpoint {name!r}"
@@ -193,6 +236,13 @@ def resume_fit(learn, name: str, args, start: Position,
                          + f". Call learn.resume({name!r}) to continue with the saved arguments")
     if args.checkpoint is not None:
         saved_args.checkpoint, saved_args.checkpoint_every = args.checkpoint, args.checkpoint_every
+    saved_world, world = state.get("world_size"), world_size()
+    if saved_world is not None and saved_world != world:
+        raise ValueError(f"{where} was written by a fit on {saved_world} process(es) but this run has {world}: each "
+                         f"rank's batches depend on the number of processes, so resume it with {saved_world} "
+                         f"(torchrun --nproc_per_node={saved_world})" if saved_world > 1 else
+                         f"{where} was written by a fit on {saved_world} process(es) but this run has {world}: each "
+                         "rank's batches depend on the number of processes, so resume it in a single process")
     position = Position()
     position.load_state_dict(state["position"])
     plan = (position.n_epochs, position.n_batches, position.epoch_sizes)
@@ -218,7 +268,9 @@ def resume_fit(learn, name: str, args, start: Position,
     learn.saved_model.load_state_dict(state["model"])
     learn.opt.load_state_dict(state["opt"])
     position.settle()
-    return saved_args, position, [Resume(unpack_lists(state["callbacks"]), state["rng"], position.stage)]
+    rng = state["rng_ranks"][rank()] if "rng_ranks" in state else state["rng"]
+    callbacks = state["callbacks_ranks"][rank()] if "callbacks_ranks" in state else state["callbacks"]
+    return saved_args, position, [Resume(unpack_lists(callbacks), rng, position.stage)]
 
 
 class Resume(Callback):

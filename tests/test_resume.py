@@ -338,7 +338,8 @@ def test_checkpoint_holds_only_plain_data(tmp_path):
     learn.fit(0.05, 1, checkpoint="c", checkpoint_every=4)
     state = torch.load(tmp_path / "models" / "c.pt", weights_only=True)
     assert set(state) == {"format", "version", "torch_version", "model", "opt", "position", "fit_args", "callbacks",
-                          "rng", "data"}
+                          "rng", "world_size", "data"}
+    assert state["world_size"] == 1 and "rng_ranks" not in state, "one process: its RNG only"
     assert set(state["rng"]) >= {"torch", "python", "numpy"}
     assert state["opt"]["state"], "momentum buffers are saved"
     callbacks = unpack_lists(state["callbacks"])  # long lists of numbers are stored as tensors
