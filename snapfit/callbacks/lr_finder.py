@@ -203,12 +203,16 @@ class StopOnDivergence(Callback):
                 raise CancelFitException()
 
     def _read(self, learn) -> List[float]:
-        values = self._carried + (_mean_over_ranks(learn, torch.stack(self._pending)).tolist() if self._pending else [])
+        """The losses since the last check, averaged over the ranks (those carried through a checkpoint too)."""
+        raw = ([torch.tensor(self._carried, dtype=torch.float32, device=self._pending[0].device)]
+               if self._carried and self._pending else [torch.tensor(self._carried)] if self._carried else [])
+        raw += [torch.stack(self._pending)] if self._pending else []
         self._pending, self._carried = [], []
-        return values
+        return _mean_over_ranks(learn, torch.cat(raw)).tolist() if raw else []
 
     def state_dict(self) -> dict:
-        """The rule's state and the losses not checked yet (for checkpoints)."""
+        """The rule's state and this rank's losses not checked yet (for checkpoints; averaged over the ranks at
+        the next check, as they would have been without the checkpoint)."""
         self._carried = self._carried + (torch.stack(self._pending).tolist() if self._pending else [])
         self._pending = []
         return {"rule": self.rule.state_dict(), "carried": list(self._carried)}
