@@ -70,6 +70,7 @@ def checks(learn: Learner, vals) -> dict:
     acc = (direct.argmax(1) == y_val).float().mean().item()
     preds, targs = learn.predict_with_targs()
     snap_probs, snap_targs = learn.predict_snapshots("snap")
+    tta_direct, tta = tta_check(learn.path)
     before = {k: v.clone() for k, v in learn.saved_model.state_dict().items()}
     learn.lr_find(end_lr=1e4, num_it=40)  # diverges before the end: every rank must stop at the same batch
     finder = learn.sched.finder
@@ -78,7 +79,26 @@ def checks(learn: Learner, vals) -> dict:
             "targs": torch.as_tensor(targs), "y_val": y_val, "snap_probs": torch.as_tensor(snap_probs),
             "snap_targs": torch.as_tensor(snap_targs), "direct_loss": loss, "direct_acc": acc,
             "vals": list(vals), "finder_lrs": list(finder.lrs), "finder_losses": list(finder.losses),
-            "restored": all(torch.equal(before[k], after[k]) for k in before)}
+            "restored": all(torch.equal(before[k], after[k]) for k in before), "tta_direct": tta_direct,
+            "tta": tta}
+
+
+def tta_check(path):
+    """TTA of a small conv net on the digits as images (horizontal flips): the model on the whole validation
+    set, and what learn.TTA returns on this rank."""
+    from torchvision.transforms import v2
+
+    from snapfit import ImageClassifierData, simple_cnn
+
+    x_trn, y_trn, x_val, y_val = load_digits_arrays()
+    finish = [v2.ToDtype(torch.float32, scale=True)]
+    tfms = (v2.Compose([v2.RandomHorizontalFlip(), *finish]), v2.Compose(finish))
+    data = ImageClassifierData.from_arrays(path, (x_trn[:, 0], y_trn), (x_val[:, 0], y_val), bs=32, tfms=tfms)
+    torch.manual_seed(1)
+    conv = Learner(simple_cnn(10, in_channels=3, widths=(4,)), data, path=path, progress=False, device="cpu")
+    plain = torch.as_tensor(conv.predict_dl(data.valid_dl.__class__(data.valid_dl.dataset, batch_size=64))[0])
+    preds, _ = conv.TTA(n_aug=2)
+    return plain, torch.as_tensor(preds)
 
 
 def main():

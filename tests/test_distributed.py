@@ -123,8 +123,10 @@ def test_predictions_are_gathered_and_validation_values_are_global_on_uneven_sha
         assert c["snap_probs"].shape == (n_val, 10)
         assert c["vals"][0] == pytest.approx(c["direct_loss"], abs=1e-6), "no sample counted twice or dropped"
         assert c["vals"][1] == pytest.approx(c["direct_acc"], abs=1e-9)
+        assert c["tta"].shape == (3, n_val, 10), "TTA: the plain pass and 2 augmented ones, each of the whole set"
+        torch.testing.assert_close(c["tta"][0], c["tta_direct"], rtol=0, atol=1e-6)
     c0, c1 = (torch.load(sync_bn_runs / "synced" / f"checks{r}.pt", weights_only=True) for r in (0, 1))
-    assert torch.equal(c0["snap_probs"], c1["snap_probs"])
+    assert torch.equal(c0["snap_probs"], c1["snap_probs"]) and torch.equal(c0["tta"], c1["tta"])
 
 
 @pytest.mark.slow
@@ -240,3 +242,15 @@ def test_synced_batch_norm_alone_is_batch_norm():
     torch.testing.assert_close(bn.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-6)
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         torch.testing.assert_close(getattr(bn, name), getattr(ref, name), rtol=1e-5, atol=1e-7)
+
+
+def test_closure_optimizers_stay_a_clear_error_under_torchrun(tmp_path):
+    """The check torchrun's DistributedTraining runs before wrapping the model (no process group needed)."""
+    from snapfit.distributed import DistributedTraining
+
+    learn = Learner(nn.Linear(6, 3), small_data(), opt_func=lambda ps: torch.optim.LBFGS(ps), progress=False,
+                    device="cpu", path=tmp_path)
+    learn.create_opt()
+    with pytest.raises(ValueError, match=r"optimizers that need a closure \(LBFGS\) are not supported under "
+                                         r"torchrun: their line searches would take different numbers of steps"):
+        DistributedTraining().before_fit(learn)
