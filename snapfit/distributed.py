@@ -27,8 +27,7 @@ from .sync_batchnorm import sync_bn_callbacks
 
 __all__ = ["default_device", "prepare", "torchrun_env", "init_distributed", "is_distributed", "is_main_process",
            "all_reduce_sum", "barrier", "rank", "world_size", "all_gather_object", "DistributedEpochSampler",
-           "ShardSampler", "with_sampler", "distribute_data",
-           "DistributedTraining"]
+           "ShardSampler", "with_sampler", "distribute_data", "DistributedTraining"]
 
 
 def default_device() -> torch.device:

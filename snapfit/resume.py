@@ -42,8 +42,7 @@ from .position import Position
 from .rng import get_rng_states, set_rng_states
 
 __all__ = ["FORMAT", "VERSION", "read_checkpoint", "checkpoint_to_resume", "saved_fit_args", "checkpoint_state",
-           "resume_fit", "Resume",
-           "callback_states", "data_order", "preserved_state"]
+           "resume_fit", "Resume", "callback_states", "data_order", "preserved_state"]
 
 FORMAT = "snapfit.checkpoint"
 VERSION = 2  # 2: the position has a stage; 1: the position was the next batch to run
