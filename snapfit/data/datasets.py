@@ -3,11 +3,11 @@ the tests and the benchmarks."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["load_digits_arrays", "export_digits_images"]
+__all__ = ["load_digits_arrays", "export_digits_images", "export_digit_mosaics"]
 
 
 def _sklearn():
@@ -69,4 +69,56 @@ def export_digits_images(path, scale: int = 4, valid_pct: float = 0.2, seed: int
     rest = [i for i in range(len(imgs)) if i not in set(idx)] or list(range(len(imgs)))
     for i in rest[:test_count]:
         save(imgs[i], path / "test" / f"{i:04d}.png")
+    return path
+
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def export_digit_mosaics(path, n: int = 600, scale: int = 2, p_digit: float = 0.6, seed: int = 0,
+                         test_count: int = 0, digits: Optional[Sequence[int]] = None, turned: bool = False) -> Path:
+    """A multi-label image dataset in the Planet layout of fastai's lesson 2, made of scikit-learn's digits:
+    ``{path}/train-jpg/mosaic_{i}.png``, each a 2x2 mosaic of 8x8 digits upscaled `scale` times (each cell holds a
+    random digit with probability `p_digit`, else stays blank), and ``{path}/train_v2.csv`` with the columns
+    ``image_name,tags``: the names of the digits shown, space-separated (``'three seven'``; empty when all four
+    cells are blank), and ``{path}/counts.csv`` with ``image_name,count`` (digits shown: a regression target).
+    `test_count` more mosaics go to ``{path}/test-jpg/`` without labels. `digits` limits the digits drawn (default
+    all ten); with `turned`, each digit is drawn in one of the 8 orientations of the square at random, so that, as
+    in satellite images, no orientation is special (leave 6 or 9 out then: a turned six is a nine)."""
+    from PIL import Image
+
+    if n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    d = _sklearn().load_digits()
+    imgs = (d.images / 16.0 * 255).round().astype(np.uint8)
+    allowed = sorted(set(range(10) if digits is None else (int(v) for v in digits)))
+    if not allowed or not set(allowed) <= set(range(10)):
+        raise ValueError(f"digits must be a non-empty list of digits 0-9, got {digits!r}")
+    pool = np.flatnonzero(np.isin(d.target, allowed))
+    rng = np.random.RandomState(seed)
+    path = Path(path)
+    rows, counts = [], []
+    for k in range(n + test_count):
+        canvas = np.zeros((16, 16), np.uint8)
+        shown = []
+        for cell in range(4):
+            if rng.rand() < p_digit:
+                i = pool[rng.randint(len(pool))]
+                r, c = divmod(cell, 2)
+                img = imgs[i]
+                if turned:
+                    img = np.rot90(img, rng.randint(4))
+                    img = img[:, ::-1] if rng.rand() < 0.5 else img
+                canvas[8 * r:8 * r + 8, 8 * c:8 * c + 8] = img
+                shown.append(int(d.target[i]))
+        test = k >= n
+        name = f"mosaic_{k:05d}"
+        folder = path / ("test-jpg" if test else "train-jpg")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(canvas).resize((16 * scale, 16 * scale), Image.NEAREST).save(folder / f"{name}.png")
+        if not test:
+            rows.append(f"{name},{' '.join(DIGIT_NAMES[t] for t in sorted(set(shown)))}")
+            counts.append(f"{name},{len(shown)}")
+    (path / "train_v2.csv").write_text("image_name,tags\n" + "\n".join(rows) + "\n")
+    (path / "counts.csv").write_text("image_name,count\n" + "\n".join(counts) + "\n")
     return path

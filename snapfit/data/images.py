@@ -47,24 +47,70 @@ def _open_rgb(path: Path):
                              "the data with skip_bad=True to leave unreadable images out") from e
 
 
-def get_cv_idxs(n: int, val_pct: float = 0.2, seed: int = 42) -> np.ndarray:
-    """Indices of a random validation split of ``round(n * val_pct)`` items, reproducible from `seed`
-    (fastai 0.7's default seed is 42)."""
+def get_cv_idxs(n: int, cv_idx: int = 0, val_pct: float = 0.2, seed: int = 42) -> np.ndarray:
+    """fastai 0.7's validation indices: ``RandomState(seed).permutation(n)[cv_idx*m : (cv_idx+1)*m]`` with
+    ``m = int(val_pct * n)`` (fold `cv_idx` of a cross-validation); the global NumPy RNG is not touched."""
+    check_int("n", n, minimum=1, what="a positive int (the number of items)")
+    check_int("cv_idx", cv_idx, minimum=0, what="an int >= 0 (the fold)")
     if not 0 < val_pct < 1:
         raise ValueError(f"val_pct must be in (0, 1), got {val_pct}")
-    return np.random.RandomState(seed).permutation(n)[: int(round(n * val_pct))]
+    m = int(val_pct * n)
+    if (cv_idx + 1) * m > n:
+        raise ValueError(f"cv_idx={cv_idx} is past the last fold: {n} items make {n // max(m, 1)} folds of {m}")
+    return np.random.RandomState(seed).permutation(n)[cv_idx * m:(cv_idx + 1) * m]
+
+
+def label_tensor(labels) -> torch.Tensor:
+    """Labels as a tensor: integers (class indices) as int64, floats (n-hot rows of multi-label data, or
+    regression targets) as float32; anything else is a clear error."""
+    a = labels.numpy() if torch.is_tensor(labels) else np.asarray(labels)
+    if a.dtype.kind in "iub":
+        return torch.as_tensor(a.astype(np.int64))
+    if a.dtype.kind == "f":
+        return torch.as_tensor(a.astype(np.float32))
+    raise ValueError(f"labels must be class indices (ints) or float targets, got an array of {a.dtype}")
+
+
+def _denorm(tfm, x) -> np.ndarray:
+    """Images `x` (a batch ``(N, C, H, W)`` or one ``(C, H, W)``) with the normalisation of `tfm` undone and the
+    channels last, as NumPy floats in [0, 1]: for plotting."""
+    t = torch.as_tensor(x).detach().cpu().float()
+    norm = [m for m in getattr(tfm, "transforms", [tfm]) if type(m).__name__ == "Normalize"]
+    if norm:
+        mean, std = (torch.tensor(v, dtype=torch.float32) for v in (norm[-1].mean, norm[-1].std))
+        shape = [-1, 1, 1]
+        t = t * std.view(shape) + mean.view(shape)
+    elif t.max() > 1.5:  # uint8 images
+        t = t / 255
+    return t.movedim(-3, -1).clamp(0, 1).numpy()
 
 
 class ImageFileDataset(Dataset):
     """``(transformed image, label)`` for a list of image files; an unreadable file raises
     `ImageLoadError` naming it."""
 
-    def __init__(self, files: Sequence[Union[str, Path]], labels: Sequence[int], tfm: Optional[Callable] = None):
+    def __init__(self, files: Sequence[Union[str, Path]], labels, tfm: Optional[Callable] = None,
+                 root: Optional[Union[str, Path]] = None):
         if len(files) != len(labels):
             raise ValueError(f"{len(files)} files but {len(labels)} labels")
         self.files = [Path(f) for f in files]
-        self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
-        self.tfm = tfm
+        self.labels = label_tensor(labels)
+        self.tfm, self.root = tfm, Path(root) if root is not None else None
+
+    @property
+    def fnames(self) -> List[str]:
+        """The image files, relative to the data's `path` (fastai 0.7's `fnames`)."""
+        return [str(f.relative_to(self.root)) if self.root is not None and f.is_relative_to(self.root) else str(f)
+                for f in self.files]
+
+    @property
+    def y(self) -> np.ndarray:
+        """The labels as a NumPy array (class indices, n-hot rows or regression targets)."""
+        return self.labels.numpy()
+
+    def denorm(self, x) -> np.ndarray:
+        """Undo this dataset's normalisation on images `x`, channels last (for plotting)."""
+        return _denorm(self.tfm, x)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -79,7 +125,7 @@ class ImageFileDataset(Dataset):
 
     def with_tfm(self, tfm: Optional[Callable]) -> "ImageFileDataset":
         """The same images and labels with another transform."""
-        return ImageFileDataset(self.files, self.labels, tfm)
+        return ImageFileDataset(self.files, self.labels, tfm, self.root)
 
     def fingerprint(self) -> str:
         """A digest of the files (names, sizes, modification times) and labels."""
@@ -102,10 +148,17 @@ class ImageArrayDataset(Dataset):
 
     def __init__(self, x, y, tfm: Optional[Callable] = None):
         self.x = _images_to_uint8_chw(x)
-        self.labels = torch.as_tensor(np.asarray(y, dtype=np.int64))
+        self.labels = label_tensor(y)
         if len(self.x) != len(self.labels):
             raise ValueError(f"{len(self.x)} images but {len(self.labels)} labels")
         self.tfm = tfm
+
+    fnames: List[str] = []  # in memory: no files
+    y = property(lambda self: self.labels.numpy(), doc="The labels as a NumPy array.")
+
+    def denorm(self, x) -> np.ndarray:
+        """Undo this dataset's normalisation on images `x`, channels last (for plotting)."""
+        return _denorm(self.tfm, x)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -124,6 +177,7 @@ class ImageArrayDataset(Dataset):
         """A digest of the pixels and labels."""
         h = hashlib.sha1(self.x.numpy().tobytes())
         h.update(self.labels.numpy().tobytes())
+        h.update(str(self.labels.dtype).encode())
         return h.hexdigest()
 
 
@@ -166,7 +220,32 @@ def _drop_unreadable(files: List[Path], labels: List[int], skip_bad: bool) -> Tu
     if bad:
         warnings.warn(f"skip_bad=True: left out {len(bad)} unreadable image(s): {[str(b) for b in bad[:5]]}"
                       + (" ..." if len(bad) > 5 else ""), stacklevel=3)
+    if isinstance(labels, np.ndarray):  # keep the kind of labels (n-hot rows, floats) also when few are left
+        keep_y = np.asarray(keep_y, dtype=labels.dtype).reshape(-1, *labels.shape[1:])
     return keep_f, keep_y
+
+
+def _resize_file(src: Path, dest: Path, targ_sz: int) -> bool:
+    """Write `src` with its shorter side scaled to `targ_sz` to `dest` (atomically); False when `dest` is already
+    there and newer than `src`."""
+    if dest.is_file() and dest.stat().st_mtime_ns >= src.stat().st_mtime_ns:
+        return False
+    from PIL import Image
+
+    with Image.open(src) as im:
+        w, h = im.size
+        ratio = targ_sz / min(w, h)
+        size = (max(1, round(w * ratio)), max(1, round(h * ratio)))
+        out = im.convert("RGB").resize(size, Image.BILINEAR)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        out.save(tmp, format=Image.registered_extensions().get(dest.suffix.lower(), "PNG"))
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return True
 
 
 def _default_workers() -> int:
@@ -174,14 +253,16 @@ def _default_workers() -> int:
 
 
 class ImageClassifierData(DataBunch):
-    """Single-label image classification data: training, validation (and test) datasets with their
-    transforms, and the loaders built on them. `classes`, `c`, `trn_dl`, `val_dl`, `test_dl` as in
-    fastai 0.7; `aug_dl(is_test)` serves the validation (or test) images with the training augmentation
-    (for TTA) and `fix_dl` the training images in order with the validation transforms."""
+    """Image data: training, validation (and test) datasets with their transforms, and the loaders built on
+    them. Targets are class indices (single-label), n-hot float rows (`is_multi`: several tags per image) or
+    float values (`is_reg`: regression); the default loss follows (cross-entropy, binary cross-entropy, L1).
+    `classes`, `c`, `trn_dl`, `val_dl`, `test_dl`, `trn_ds.fnames`/`.y`/`.denorm(x)` as in fastai 0.7;
+    `aug_dl(is_test)` serves the validation (or test) images with the training augmentation (for TTA) and
+    `fix_dl` the training images in order with the validation transforms."""
 
-    def __init__(self, path, trn_ds, val_ds, classes: Sequence, bs: int = 64, test_ds=None,
+    def __init__(self, path, trn_ds, val_ds, classes: Optional[Sequence], bs: int = 64, test_ds=None,
                  tfms: Tuple[Optional[Callable], Optional[Callable]] = (None, None), num_workers: Optional[int] = None,
-                 seed: int = 0, pin_memory: Optional[bool] = None):
+                 seed: int = 0, pin_memory: Optional[bool] = None, is_reg: bool = False):
         check_int("bs", bs)
         check_int("seed", seed, minimum=0)
         if len(trn_ds) == 0:
@@ -191,10 +272,14 @@ class ImageClassifierData(DataBunch):
         self.num_workers = _default_workers() if num_workers is None else int(num_workers)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.trn_ds, self.val_ds, self.test_ds = trn_ds, val_ds, test_ds
+        self.is_reg = bool(is_reg)
+        self.is_multi = bool(trn_ds.labels.is_floating_point()) and not self.is_reg
         train_dl = self._loader(trn_ds, shuffle=True)
         valid_dl = self._loader(val_ds) if val_ds is not None else None
         test_dl = self._loader(test_ds) if test_ds is not None else None
-        super().__init__(train_dl, valid_dl, test_dl, classes=classes, loss_func=nn.CrossEntropyLoss())
+        loss = nn.L1Loss() if self.is_reg else nn.BCELoss() if self.is_multi else nn.CrossEntropyLoss()
+        c = (trn_ds.labels.shape[1] if trn_ds.labels.dim() > 1 else 1) if self.is_reg else None
+        super().__init__(train_dl, valid_dl, test_dl, classes=classes, c=c, loss_func=loss)
 
     def _loader(self, ds, shuffle: bool = False) -> DataLoader:
         kw = dict(batch_size=self.bs, num_workers=self.num_workers, pin_memory=self.pin_memory,
@@ -205,12 +290,12 @@ class ImageClassifierData(DataBunch):
 
     @property
     def trn_y(self) -> np.ndarray:
-        """Training labels."""
+        """Training labels (class indices, n-hot rows or regression targets)."""
         return self.trn_ds.labels.numpy()
 
     @property
     def val_y(self) -> np.ndarray:
-        """Validation labels."""
+        """Validation labels (class indices, n-hot rows or regression targets)."""
         return self.val_ds.labels.numpy()
 
     @property
@@ -241,6 +326,33 @@ class ImageClassifierData(DataBunch):
             h.update((ds.fingerprint() if ds is not None else "-").encode())
         return h.hexdigest()
 
+    def resize(self, targ_sz: int, new_path: str = "tmp", workers: Optional[int] = None) -> "ImageClassifierData":
+        """Copies of the images with their shorter side scaled to `targ_sz` under ``{path}/{new_path}/{targ_sz}/``
+        (same relative names; written in parallel and atomically, skipping those already done), and data that
+        reads them: same splits, labels, classes, transforms and batch size. Later epochs then decode small files."""
+        check_int("targ_sz", targ_sz, what="a positive int (the shorter side in pixels)")
+        splits = [self.trn_ds, self.val_ds, self.test_ds]
+        if not all(ds is None or isinstance(ds, ImageFileDataset) for ds in splits):
+            raise ValueError("resize() writes resized copies of image files (data from from_paths or from_csv); "
+                             "in-memory images are resized by the transforms (tfms_from_stats(stats, sz))")
+        out_root = self.path / new_path / str(targ_sz)
+        jobs = {}
+        for ds in splits:
+            for f in (ds.files if ds is not None else []):
+                rel = f.relative_to(self.path) if f.is_relative_to(self.path) else Path(f.name)
+                jobs[f] = out_root / rel
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+            list(pool.map(lambda kv: _resize_file(kv[0], kv[1], targ_sz), jobs.items()))
+
+        def moved(ds):
+            return None if ds is None else ImageFileDataset([jobs[f] for f in ds.files], ds.labels, ds.tfm, out_root)
+
+        return type(self)(self.path, moved(self.trn_ds), moved(self.val_ds), self.classes, bs=self.bs,
+                          test_ds=moved(self.test_ds), tfms=self.tfms, num_workers=self.num_workers, seed=self.seed,
+                          pin_memory=self.pin_memory, is_reg=self.is_reg)
+
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_paths(cls, path, bs: int = 64, tfms=(None, None), trn_name: str = "train", val_name: str = "valid",
@@ -268,12 +380,14 @@ class ImageClassifierData(DataBunch):
         return cls._from_items(path, trn, val, test, classes, bs, tfms, num_workers, seed)
 
     @classmethod
-    def _from_items(cls, path, trn, val, test, classes, bs, tfms, num_workers, seed) -> "ImageClassifierData":
+    def _from_items(cls, path, trn, val, test, classes, bs, tfms, num_workers, seed,
+                    is_reg: bool = False) -> "ImageClassifierData":
         """Build from ``(files, labels)`` pairs of each split (`test` may be None)."""
         trn_t, val_t = _tfm_pair(tfms)
-        return cls(path, ImageFileDataset(*trn, trn_t), ImageFileDataset(*val, val_t), classes, bs=bs,
-                   test_ds=ImageFileDataset(*test, val_t) if test else None, tfms=tfms,
-                   num_workers=num_workers, seed=seed)
+        root = Path(path)
+        return cls(path, ImageFileDataset(*trn, trn_t, root), ImageFileDataset(*val, val_t, root), classes, bs=bs,
+                   test_ds=ImageFileDataset(*test, val_t, root) if test else None, tfms=tfms,
+                   num_workers=num_workers, seed=seed, is_reg=is_reg)
 
     @staticmethod
     def _folder_items(folder: Path, classes: List[str], skip_bad: bool):
@@ -300,50 +414,75 @@ class ImageClassifierData(DataBunch):
 
     @classmethod
     def from_csv(cls, path, folder: str, csv_fname, bs: int = 64, tfms=(None, None), val_idxs=None,
-                 suffix: str = "", test_name: Optional[str] = None, skip_header: bool = True,
-                 num_workers: Optional[int] = None, skip_bad: bool = False, val_pct: float = 0.2,
-                 seed: int = 42) -> "ImageClassifierData":
-        """Images in ``{path}/{folder}`` listed in a CSV of ``file name, label`` rows (`suffix` is added to
-        each name). `val_idxs` selects the validation rows; by default a random `val_pct` split seeded
-        with `seed`."""
+                 suffix: str = "", test_name: Optional[str] = None, continuous: bool = False, skip_header: bool = True,
+                 num_workers: Optional[int] = None, cat_separator: str = " ", skip_bad: bool = False,
+                 val_pct: float = 0.2, seed: int = 42) -> "ImageClassifierData":
+        """Images in ``{path}/{folder}`` listed in a CSV of ``file name, label`` rows (`suffix` is added to each
+        name). A label cell with several tags separated by `cat_separator` makes the data multi-label (`classes`:
+        the sorted tags; targets: n-hot float rows; an empty cell: no tag); `continuous=True` reads float targets
+        (regression). `csv_fname` is opened as given when that file exists, else relative to `path`. `val_idxs`
+        selects the validation rows; by default ``get_cv_idxs(n, val_pct=val_pct, seed=seed)``."""
         path = Path(path)
-        csv_path = Path(csv_fname) if Path(csv_fname).is_absolute() else path / csv_fname
+        csv_path = Path(csv_fname) if Path(csv_fname).is_file() else path / csv_fname
         if not csv_path.is_file():
-            raise FileNotFoundError(f"no CSV file {csv_path}")
+            raise FileNotFoundError(f"no CSV file {csv_fname} (looked for it as given and as {path / csv_fname})")
+        if not isinstance(cat_separator, str) or not cat_separator:
+            raise ValueError(f"cat_separator must be a non-empty string, got {cat_separator!r}")
         with open(csv_path, newline="") as f:
             rows = [r for r in csv.reader(f) if r]
-        if skip_header:
-            rows = rows[1:]
+        header = rows[0] if skip_header and rows else None
+        rows = rows[1:] if skip_header else rows
         if not rows:
             raise ValueError(f"{csv_path} lists no images")
-        bad = [i for i, r in enumerate(rows) if len(r) < 2 or not r[1].strip()]
-        if bad:
-            raise ValueError(f"{csv_path}: row {bad[0] + 1 + skip_header} has no label (need 'file name, label')")
-        multi = [r for r in rows if len(r[1].split()) > 1]
-        if multi:
-            raise ValueError(f"{csv_path}: multi-label rows (e.g. {multi[0]}) are not supported; one label per image")
+        short = [i for i, r in enumerate(rows) if len(r) < 2]
+        if short:
+            cols = f" (its header has the column(s) {header})" if header is not None else ""
+            raise ValueError(f"{csv_path}: row {short[0] + 1 + skip_header} has {len(rows[short[0]])} column(s); "
+                             f"need two, 'file name' and 'label'{cols}")
+        cells = [r[1].strip() for r in rows]
+        tags = [[t for t in c.split(cat_separator) if t.strip()] for c in cells]
+        multi = not continuous and any(len(t) > 1 for t in tags)
+        empty = [i for i, t in enumerate(tags) if not t]
+        if empty and not multi:
+            raise ValueError(f"{csv_path}: row {empty[0] + 1 + skip_header} ({rows[empty[0]][0]!r}) has an empty "
+                             "label; every image of single-label data needs one")
         files = [path / folder / f"{r[0].strip()}{suffix}" for r in rows]
         missing = [f for f in files if not f.is_file()]
         if missing:
-            raise FileNotFoundError(f"{len(missing)} image(s) listed in {csv_path} do not exist, e.g. {missing[0]}")
-        names = [r[1].strip() for r in rows]
-        classes = sorted(set(names))
-        idx = {c: i for i, c in enumerate(classes)}
-        labels = [idx[n] for n in names]
-        val_idxs = get_cv_idxs(len(files), val_pct, seed) if val_idxs is None else np.asarray(val_idxs, dtype=int)
+            raise FileNotFoundError(f"{len(missing)} image(s) listed in {csv_path} do not exist, e.g. {missing[0]} "
+                                    f"(names are looked up in {path / folder}, with suffix={suffix!r})")
+        if continuous:
+            try:
+                labels = np.array([[float(v) for v in t] for t in tags], dtype=np.float32)
+            except ValueError as e:
+                raise ValueError(f"{csv_path}: continuous=True needs numbers in the label column: {e}") from None
+            classes = None
+        elif multi:
+            classes = sorted({t.strip() for ts in tags for t in ts})
+            idx = {c: i for i, c in enumerate(classes)}
+            labels = np.zeros((len(rows), len(classes)), np.float32)
+            for i, ts in enumerate(tags):
+                labels[i, [idx[t.strip()] for t in ts]] = 1
+        else:
+            names = [t[0].strip() for t in tags]
+            classes = sorted(set(names))
+            idx = {c: i for i, c in enumerate(classes)}
+            labels = np.array([idx[n] for n in names], np.int64)
+        if val_idxs is None:
+            val_idxs = get_cv_idxs(len(files), val_pct=val_pct, seed=seed)
+        val_idxs = np.asarray(val_idxs, dtype=int).reshape(-1)
         if len(val_idxs) and (val_idxs.min() < 0 or val_idxs.max() >= len(files)):
-            raise ValueError(f"val_idxs must index the {len(files)} CSV rows, got values up to {val_idxs.max()}")
+            bad = val_idxs.max() if val_idxs.max() >= len(files) else val_idxs.min()
+            raise ValueError(f"val_idxs must index the {len(files)} CSV rows (0 to {len(files) - 1}), got {bad}")
         is_val = np.zeros(len(files), bool)
         is_val[val_idxs] = True
         if is_val.all():
             raise ValueError(f"val_idxs covers all {len(files)} rows of {csv_path}: no image is left to train on; "
                              "give the indices of the validation rows only (get_cv_idxs(n) picks 20 %)")
-        trn = _drop_unreadable([f for f, v in zip(files, is_val) if not v],
-                               [y for y, v in zip(labels, is_val) if not v], skip_bad)
-        val = _drop_unreadable([f for f, v in zip(files, is_val) if v],
-                               [y for y, v in zip(labels, is_val) if v], skip_bad)
+        trn = _drop_unreadable([f for f, v in zip(files, is_val) if not v], labels[~is_val], skip_bad)
+        val = _drop_unreadable([f for f, v in zip(files, is_val) if v], labels[is_val], skip_bad)
         test = cls._test_items(path, test_name, skip_bad)
-        return cls._from_items(path, trn, val, test, classes, bs, tfms, num_workers, seed)
+        return cls._from_items(path, trn, val, test, classes, bs, tfms, num_workers, seed, is_reg=continuous)
 
     @classmethod
     def from_arrays(cls, path, trn, val, bs: int = 64, tfms=(None, None), classes: Optional[Sequence] = None,
