@@ -16,7 +16,7 @@ import torch
 
 from ..checks import check_int
 from ..core import Callback
-from ..metrics import is_epoch_metric
+from ..metrics import as_epoch_metric, is_epoch_metric, metric_name
 from ..optim import get_momentum
 from ..plots import finish_figure, new_figure
 from ..smoothing import DebiasedEMA, smooth
@@ -129,9 +129,9 @@ class Recorder(Callback):
     # ----------------------------------------------------------------- events
     def before_fit(self, learn) -> None:
         self.reset()
-        self.metric_names = [_metric_name(m) for m in learn.metrics]
+        self.metric_names = [metric_name(m) for m in learn.metrics]
         self._batch_metrics = [(m, n) for m, n in zip(learn.metrics, self.metric_names) if not is_epoch_metric(m)]
-        self._epoch_metrics = [m for m in learn.metrics if is_epoch_metric(m)]
+        self._epoch_metrics = [as_epoch_metric(m) for m in learn.metrics if is_epoch_metric(m)]
         for m in self._epoch_metrics:
             if callable(getattr(m, "to", None)):
                 m.to(learn.device)
@@ -282,16 +282,12 @@ class Recorder(Callback):
 _lr_of = operator.itemgetter("lr")
 
 
-def _metric_name(m) -> str:
-    return getattr(m, "__name__", None) or type(m).__name__
-
-
 def _epoch_value(m) -> float:
     """``m.compute()`` as a float (one read back, once per epoch)."""
     v = m.compute()
     if torch.is_tensor(v):
         if v.numel() != 1:
-            raise TypeError(f"metric {_metric_name(m)} computed a tensor of shape {tuple(v.shape)}; an epoch metric "
+            raise TypeError(f"metric {metric_name(m)} computed a tensor of shape {tuple(v.shape)}; an epoch metric "
                             "returns one number (for torchmetrics, average='macro' or 'micro' rather than None)")
         return float(v.item())
     return float(v)
