@@ -34,10 +34,18 @@ from .core import (
     CancelValidException,
 )
 from .data import (
+    CropType,
     DataBunch,
     EpochShuffleSampler,
     ImageClassifierData,
+    RandomCrop,
     RandomDihedral,
+    RandomFlip,
+    RandomLighting,
+    RandomRotate,
+    RandomZoom,
+    export_digit_mosaics,
+    get_cv_idxs,
     load_digits_arrays,
     tfms_from_model,
     tfms_from_stats,
@@ -49,7 +57,20 @@ from .distributed import default_device
 from .fit_args import FitArgs
 from .interpret import ClassificationInterpretation
 from .learner import Learner
-from .metrics import EpochMetric, accuracy, accuracy_np, epoch_metric, error_rate
+from .metrics import (
+    EpochMetric,
+    accuracy,
+    accuracy_multi,
+    accuracy_np,
+    accuracy_thresh,
+    epoch_metric,
+    error_rate,
+    f1,
+    fbeta,
+    precision,
+    recall,
+    whole_epoch,
+)
 from .models import AdaptiveConcatPool2d, TensorModel, mlp, simple_cnn
 from .plots import confusion_matrix, plot_confusion_matrix
 from .position import Position
@@ -66,5 +87,7 @@ __all__ = [
     "CyclicLR", "OneCycle", "ImageClassifierData", "RandomDihedral", "tfms_from_model", "tfms_from_stats",
     "transforms_basic", "transforms_side_on", "transforms_top_down", "ConvLearner", "AdaptiveConcatPool2d",
     "confusion_matrix", "plot_confusion_matrix", "CSVLogger", "TensorBoardLogger", "TensorBoardCallback",
-    "ClassificationInterpretation",
+    "ClassificationInterpretation", "CropType", "RandomCrop", "RandomFlip", "RandomLighting", "RandomRotate",
+    "RandomZoom", "export_digit_mosaics", "get_cv_idxs", "accuracy_multi", "accuracy_thresh", "f1", "fbeta",
+    "precision", "recall", "whole_epoch",
 ]

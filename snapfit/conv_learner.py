@@ -2,8 +2,9 @@
 
 ``ConvLearner.pretrained(resnet34, data)``: the architecture without its classifier (the body), then a
 head of concatenated adaptive average + max pooling, flatten, and BatchNorm-Dropout-Linear blocks to
-``data.c`` classes ending in LogSoftmax. Layer groups: the body split in two, and the head; the body
-starts frozen. ImageNet weights come from a local file (`weights=`) or torch's hub cache when they are
+``data.c`` classes ending in LogSoftmax (trained with nll_loss); on multi-label data in a Sigmoid (binary
+cross-entropy), on regression data with no activation (L1). Layer groups: the body split in two, and the
+head; the body starts frozen. ImageNet weights come from a local file (`weights=`) or torch's hub cache when they are
 already there: snapfit never downloads.
 """
 from __future__ import annotations
@@ -19,10 +20,10 @@ from torch import nn
 from .data.core import DataBunch
 from .io import atomic_save, load_file, load_state, unwrap_model
 from .learner import Learner
-from .metrics import accuracy
+from .metrics import accuracy, accuracy_thresh
 from .models.layers import AdaptiveConcatPool2d
 
-__all__ = ["ConvLearner", "AdaptiveConcatPool2d", "build_body", "pretrained_weights_file"]
+__all__ = ["ConvLearner", "AdaptiveConcatPool2d", "build_body", "pretrained_weights_file", "head_for"]
 
 
 def _arch_name(arch) -> str:
@@ -75,7 +76,7 @@ def pretrained_weights_file(arch) -> Tuple[Path, str]:
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1], url
 
 
-def _load_pretrained(arch, model: nn.Module, weights) -> None:
+def _load_pretrained(arch, model: nn.Module, weights, body: nn.Module) -> None:
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
@@ -90,10 +91,26 @@ def _load_pretrained(arch, model: nn.Module, weights) -> None:
     state = load_file(path, map_location="cpu")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    if isinstance(state, dict):  # the classifier is replaced by snapfit's head: its size (classes) may differ
+        in_body = {id(t) for t in body.state_dict(keep_vars=True).values()}
+        own = model.state_dict(keep_vars=True)
+        state = dict(state, **{k: t.detach() for k, t in own.items() if id(t) not in in_body})
     load_state(model, state, source=str(path))
 
 
-def _fc_layers(nf: int, c: int, xtra_fc: Sequence[int], ps: Sequence[float]) -> List[nn.Module]:
+def head_for(data) -> Tuple[Optional[nn.Module], nn.Module, list]:
+    """The last activation, the loss and the default metrics for `data`'s kind of target (fastai 0.7):
+    LogSoftmax + nll_loss + accuracy (classes), Sigmoid + binary cross-entropy + accuracy_thresh(0.5)
+    (multi-label), nothing + L1 (regression)."""
+    if getattr(data, "is_reg", False):
+        return None, nn.L1Loss(), []
+    if getattr(data, "is_multi", False):
+        return nn.Sigmoid(), nn.BCELoss(), [accuracy_thresh(0.5)]
+    return nn.LogSoftmax(dim=1), nn.NLLLoss(), [accuracy]
+
+
+def _fc_layers(nf: int, c: int, xtra_fc: Sequence[int], ps: Sequence[float],
+               last: Optional[nn.Module] = None) -> List[nn.Module]:
     layers, ni = [], nf
     for i, n in enumerate(list(xtra_fc) + [c]):
         layers.append(nn.BatchNorm1d(ni))
@@ -103,7 +120,8 @@ def _fc_layers(nf: int, c: int, xtra_fc: Sequence[int], ps: Sequence[float]) -> 
         if i < len(xtra_fc):
             layers.append(nn.ReLU(inplace=True))
         ni = n
-    layers.append(nn.LogSoftmax(dim=1))
+    if last is not None:
+        layers.append(last)
     for m in layers:
         if isinstance(m, nn.Linear):
             nn.init.kaiming_normal_(m.weight)
@@ -118,8 +136,9 @@ class ConvLearner(Learner):
     def __init__(self, model: nn.Sequential, data, arch_name: str, lr_cut: int, precompute: bool = False,
                  **kwargs):
         body, head = model[0], model[1]
-        kwargs.setdefault("metrics", [accuracy])
-        kwargs.setdefault("loss_func", nn.NLLLoss())
+        _, loss, metrics = head_for(data)
+        kwargs.setdefault("metrics", metrics)
+        kwargs.setdefault("loss_func", loss)
         groups = [body[:lr_cut], body[lr_cut:], head]
         super().__init__(model, data, layer_groups=groups, **kwargs)
         self.arch_name, self.full_model, self.image_data = arch_name, self.model, data
@@ -142,9 +161,9 @@ class ConvLearner(Learner):
         if getattr(data, "c", None) is None:
             raise ValueError("data must know its number of classes (data.c): use ImageClassifierData")
         model = arch(weights=None)
-        if pretrained or weights is not None:
-            _load_pretrained(arch, model, weights)
         body, lr_cut = build_body(arch, model)
+        if pretrained or weights is not None:
+            _load_pretrained(arch, model, weights, body)
         with torch.no_grad():
             was = body.training
             body.eval()
@@ -157,8 +176,33 @@ class ConvLearner(Learner):
             ps = [float(ps)] * (len(xtra_fc) + 1)
         if len(ps) != len(xtra_fc) + 1:
             raise ValueError(f"ps needs one dropout per head layer ({len(xtra_fc) + 1}), got {list(ps)}")
-        head = nn.Sequential(AdaptiveConcatPool2d(), nn.Flatten(), *_fc_layers(nf, data.c, xtra_fc, ps))
+        last = head_for(data)[0]
+        head = nn.Sequential(AdaptiveConcatPool2d(), nn.Flatten(), *_fc_layers(nf, data.c, xtra_fc, ps, last))
         return cls(nn.Sequential(body, head), data, _arch_name(arch), lr_cut, precompute=precompute, **kwargs)
+
+    @classmethod
+    def from_model_data(cls, model: nn.Module, data, **kwargs) -> Learner:
+        """Any `nn.Module` on `data` (fastai 0.7's ``ConvLearner.from_model_data``): a custom model has no pretrained
+        body to freeze or precompute, so this is `Learner.from_model_data`, unfrozen, with the loss for the data."""
+        return Learner.from_model_data(model, data, **kwargs)
+
+    def set_data(self, data) -> None:
+        """Train later fits on `data` (progressive resizing): the body is frozen again (fastai 0.7), and with
+        precompute on the activations are computed for the new images. The classes must match the head's."""
+        old = self.image_data
+        if getattr(data, "c", None) != old.c or bool(getattr(data, "is_multi", False)) != bool(old.is_multi) \
+                or bool(getattr(data, "is_reg", False)) != bool(old.is_reg):
+            raise ValueError(f"set_data needs data of the same kind and number of classes as the head "
+                             f"(c={old.c}), got c={getattr(data, 'c', None)}: build a new learner for other classes "
+                             "(ConvLearner.pretrained(arch, data)), or load these weights into it")
+        pre = self._precompute
+        if pre:
+            self.precompute = False
+        super().set_data(data)
+        self.image_data = self.data
+        self.freeze()
+        if pre:
+            self.precompute = True
 
     # ------------------------------------------------------------------ weights
     @property
@@ -175,6 +219,22 @@ class ConvLearner(Learner):
     def head(self) -> nn.Module:
         """Pooling and fully connected layers."""
         return self.full_model[1]
+
+    def load(self, name: str, allow_nonfinite: bool = False) -> "ConvLearner":
+        """As `Learner.load`; with precompute on, the activations follow the loaded body (recomputed or read from
+        their cache), so no prediction uses a body that is no longer there."""
+        super().load(name, allow_nonfinite)
+        return self._refresh_activations()
+
+    def load_cycle(self, name: str, cycle: int, allow_nonfinite: bool = False) -> "ConvLearner":
+        """As `Learner.load_cycle`, with the activations following the loaded body (see `load`)."""
+        super().load_cycle(name, cycle, allow_nonfinite)
+        return self._refresh_activations()
+
+    def _refresh_activations(self) -> "ConvLearner":
+        if self._precompute:
+            self.data = self._activation_data()
+        return self
 
     # ------------------------------------------------------------------ freezing
     def freeze_to(self, n: int) -> None:
@@ -261,6 +321,11 @@ class ConvLearner(Learner):
         finally:
             if pre:
                 self.precompute = True
+
+    def predict_array(self, x):
+        """As `Learner.predict_array`, always on the full model (also with precompute on): `x` holds images."""
+        with self._on_images():
+            return super().predict_array(x)
 
     def TTA(self, n_aug: int = 4, is_test: bool = False):
         """As `Learner.TTA`, always on the full model and the images (also with precompute on)."""

@@ -49,7 +49,9 @@ class FitArgs:
       `norm_wds` divides it by ``sqrt(batches per epoch * epochs of the cycle)``, `wds_sched_mult(learn)`
       multiplies it.
     - `checkpoint`, `checkpoint_every`: the full training state every N batches, ``'epoch'`` or ``'cycle'``.
-    - `use_swa`, `swa_start`: stochastic weight averaging from that epoch (1-based); `amp`: ``'bf16'``/``'fp16'``.
+    - `use_swa`, `swa_start`: stochastic weight averaging from that epoch (1-based); `amp`: ``'bf16'``/``'fp16'``
+      (default: ``learn.amp``, set by `learn.half()`); `loss_scale`: the fp16 loss scaler's initial scale (fastai
+      0.7's static `loss_scale`; here the scale then adapts; bf16 needs no scaling and ignores it).
     """
 
     lrs: Any = field(metadata=SCHEDULE)
@@ -71,6 +73,7 @@ class FitArgs:
     use_wd_sched: bool = field(default=False, metadata=SCHEDULE)
     norm_wds: bool = field(default=False, metadata=SCHEDULE)
     wds_sched_mult: Optional[Callable] = field(default=None, metadata=SCHEDULE)
+    loss_scale: Optional[float] = None
 
     @classmethod
     def from_call(cls, lrs, n_cycle, options: Dict[str, Any]) -> "FitArgs":
@@ -123,6 +126,11 @@ class FitArgs:
         check_bool("use_swa", self.use_swa)
         if self.amp is not None and self.amp not in ("bf16", "fp16"):
             raise ValueError(f"amp must be 'bf16', 'fp16' or None, got {self.amp!r}")
+        if self.loss_scale is not None:
+            check_float("loss_scale", self.loss_scale, what="a positive number (the fp16 loss scale), or None")
+            if self.loss_scale <= 0:
+                raise ValueError(f"loss_scale must be a positive number (the fp16 loss scale), or None, got "
+                                 f"{self.loss_scale!r}")
         self.swa_start = check_int("swa_start", self.swa_start,
                                    what="a positive int (the first epoch averaged, from 1)")
         self.use_clr = _cycle_tuple("use_clr", self.use_clr, ("div", "cut_div"))
@@ -189,7 +197,7 @@ class FitArgs:
         """The callbacks these arguments ask for: the schedule, then AMP, snapshots, SWA and checkpoints."""
         cbs: List[Callback] = [ParamScheduler(schedule, self.wds)]
         if self.amp:
-            cbs.append(MixedPrecision(self.amp))
+            cbs.append(MixedPrecision(self.amp, init_scale=self.loss_scale))
         if self.cycle_save_name is not None:
             cbs.append(CycleSnapshot(self.cycle_save_name))
         if self.best_save_name is not None:

@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 from . import core
-from .callbacks.freeze import FreezeBatchNorm, check_layer_groups, freeze_groups
+from .callbacks.freeze import FreezeBatchNorm, bn_freeze, check_layer_groups, freeze, freeze_to, unfreeze
 from .callbacks.interrupt import DeferredInterrupt
 from .callbacks.lr_finder import lr_find
 from .callbacks.nan import TerminateOnNaN
+from .callbacks.precision import half, to_float
 from .callbacks.progress import ProgressCallback
 from .callbacks.recorder import Recorder
 from .callbacks.schedule import Schedule
@@ -26,12 +27,14 @@ from .data.core import check_data, epoch_batches, n_train_batches, split_batch
 from .distributed import all_reduce_sum, barrier, is_distributed, is_main_process, prepare
 from .fit_args import FitArgs, fit_opt_sched, fit_schedule, fit_signature
 from .io import check_name, unwrap_model
+from .model_data import from_model_data, set_data
 from .models.tensor import as_module
 from .optim import create_opt, step_callbacks
 from .position import Position
-from .predict import predict, predict_dl, predict_with_targs, tta
+from .predict import predict, predict_array, predict_dl, predict_with_targs, tta
 from .resume import read_checkpoint, resume_fit, saved_fit_args
 from .snapshots import average_snapshots, list_snapshots, load, load_cycle, predict_snapshots, save, saved_cycles
+from .summary import summary
 from .writer import BackgroundWriter
 
 __all__ = ["Learner"]
@@ -79,6 +82,7 @@ class Learner:
         self.training, self.dl, self.xb, self.yb = False, None, (), ()
         self.pred = self.loss = self.loss_grad = None
         self.scaler: Optional[torch.amp.GradScaler] = None  # set by MixedPrecision for fp16
+        self.amp: Optional[str] = None  # the default `amp` of fits: 'bf16'/'fp16' after learn.half()
         self.interrupted: Optional[str] = None  # set by DeferredInterrupt: 'train' or 'validate'
         self.cbs: List[Callback] = []
         self.recorder: Optional[Recorder] = None
@@ -135,22 +139,10 @@ class Learner:
             handler(self)
 
     # ------------------------------------------------------------------ layer groups, optimizer
-    def freeze_to(self, n: int) -> None:
-        """Freeze the layer groups before group `n` (no gradient, no update, BatchNorm statistics fixed) and
-        unfreeze the others; negative `n` counts from the end."""
-        self.frozen_groups = freeze_groups(self.layer_groups, n)
-
-    def freeze(self) -> None:
-        """Freeze every layer group but the last (fastai 0.7: train only the head)."""
-        self.freeze_to(-1)
-
-    def unfreeze(self) -> None:
-        """Make every layer group trainable."""
-        self.freeze_to(0)
-
-    def bn_freeze(self, flag: bool = True) -> None:
-        """With `flag`, every BatchNorm layer keeps its running statistics fixed while training (fastai 0.7)."""
-        self.bn_frozen = bool(flag)
+    freeze_to, freeze, unfreeze, bn_freeze = freeze_to, freeze, unfreeze, bn_freeze
+    from_model_data, set_data, half, float = classmethod(from_model_data), set_data, half, to_float
+    crit = property(lambda self: self.loss_func, lambda self, f: setattr(self, "loss_func", f),
+                    doc="The loss (fastai 0.7's name for `loss_func`); set it to change the loss of later fits.")
 
     def create_opt(self) -> torch.optim.Optimizer:
         """(Re)build the optimizer with one param group per layer group."""
@@ -166,7 +158,7 @@ class Learner:
         `resume='ckpt'` continues the fit saved in that checkpoint (refused when it holds NaN or inf, unless
         `allow_nonfinite`); `resume=True` continues from `checkpoint=` when it exists, else starts fresh.
         Returns the last ``[val_loss, *metrics]``."""
-        args = FitArgs.from_call(lrs, n_cycle, dict(options, wds=wds))  # every argument checked first
+        args = FitArgs.from_call(lrs, n_cycle, dict({"amp": self.amp}, **options, wds=wds))  # every one checked
         opt = self.opt if self.opt is not None else self.create_opt()
         args = args.for_groups(len(opt.param_groups), self.wd)
         schedule = args.schedule(n_train_batches(self.data.train_dl))
@@ -323,6 +315,7 @@ class Learner:
 
     # ------------------------------------------------------------------ predictions, snapshots
     predict, predict_with_targs, predict_dl, TTA = predict, predict_with_targs, predict_dl, tta
+    predict_array, summary = predict_array, summary
     snapshots, saved_cycles, load_cycle = list_snapshots, saved_cycles, load_cycle
     predict_snapshots, average_snapshots = predict_snapshots, average_snapshots
 

@@ -10,7 +10,7 @@ import torch
 from .checks import check_int
 from .distributed import ShardSampler, all_gather_object, is_distributed
 
-__all__ = ["eval_loader", "predict_dl", "predict", "predict_with_targs", "tta"]
+__all__ = ["eval_loader", "predict_dl", "predict", "predict_with_targs", "tta", "predict_array"]
 
 
 def eval_loader(data, is_test: bool = False):
@@ -71,3 +71,26 @@ def tta(learn, n_aug: int = 4, is_test: bool = False) -> Tuple[np.ndarray, Optio
                       "images), so every augmented pass repeats the plain prediction; add aug_tfms (e.g. "
                       "transforms_side_on) or max_zoom to tfms_from_model, or use learn.predict()", stacklevel=3)
     return np.stack([preds] + aug), targs
+
+
+def predict_array(learn, x) -> np.ndarray:
+    """The model's outputs for a NumPy batch `x` (e.g. images already transformed: ``(N, C, H, W)``), as a NumPy
+    array, in eval mode (the model's mode is put back). The rank of `x` must be that of the model's input."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"predict_array takes a NumPy array (a batch of inputs), got {type(x).__name__}; for a "
+                        "tensor use learn.model(x), for a loader learn.predict_dl(dl)")
+    sample = learn.data.train_dl.dataset[0][0] if learn.data.train_dl is not None else None
+    if torch.is_tensor(sample) and x.ndim != sample.dim() + 1:
+        raise ValueError(f"predict_array needs a batch shaped (N, {', '.join(map(str, sample.shape))}) like the "
+                         f"training inputs, got an array of shape {x.shape}; add the batch axis with x[None]")
+    was_training = learn.model.training
+    learn.model.eval()
+    try:
+        with torch.no_grad():
+            xb = torch.as_tensor(x).to(learn.device)
+            if torch.is_tensor(sample) and xb.is_floating_point() and sample.is_floating_point():
+                xb = xb.to(sample.dtype)
+            out = learn.model(xb)
+    finally:
+        learn.model.train(was_training)
+    return out.float().cpu().numpy()

@@ -79,6 +79,21 @@ def test_pretrained_without_a_local_file_says_what_to_do(digit_data, tmp_path, m
     assert torch.equal(learn.model[0][0].weight, ref.conv1.weight)
 
 
+def test_weights_trained_for_other_classes_load_into_the_body(digit_data, tmp_path):
+    """Fine-tuning from a network trained on another task: its classifier (fc: 7 classes) is not used."""
+    torch.manual_seed(3)
+    other = resnet18(num_classes=7)
+    torch.save(other.state_dict(), tmp_path / "r18_7.pth")
+    learn = make(digit_data, tmp_path, weights=tmp_path / "r18_7.pth")
+    torch.testing.assert_close(learn.body[4][0].conv1.weight, other.layer1[0].conv1.weight, rtol=0, atol=0)
+    assert learn.head[-2].out_features == 10
+    state = other.state_dict()
+    state["layer1.0.conv1.weight"] = state["layer1.0.conv1.weight"][:, :3]
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match=r"shape mismatches: layer1\.0\.conv1\.weight"):
+        make(digit_data, tmp_path, weights=tmp_path / "bad.pth")
+
+
 def test_wrong_weights_file_names_the_keys(digit_data, tmp_path):
     torch.save(mobilenet_v2(weights=None).state_dict(), tmp_path / "m.pth")
     with pytest.raises(ValueError, match=r"m\.pth does not match the model \(ResNet\): missing keys: 'conv1\.weight'"):

@@ -10,7 +10,7 @@ from torch import nn
 from ..checks import is_int
 from ..core import Callback
 
-__all__ = ["FreezeBatchNorm", "check_layer_groups", "freeze_groups"]
+__all__ = ["FreezeBatchNorm", "check_layer_groups", "freeze_groups", "freeze_to", "freeze", "unfreeze", "bn_freeze"]
 
 
 def check_layer_groups(model: nn.Module, groups: Optional[Sequence[nn.Module]]) -> List[nn.Module]:
@@ -45,6 +45,27 @@ def freeze_groups(groups: Sequence[nn.Module], n: int) -> List[int]:
         for p in g.parameters():
             p.requires_grad_(i not in frozen)
     return frozen
+
+
+def freeze_to(learn, n: int) -> None:
+    """Freeze the layer groups before group `n` (no gradient, no update, BatchNorm statistics fixed) and
+    unfreeze the others; negative `n` counts from the end."""
+    learn.frozen_groups = freeze_groups(learn.layer_groups, n)
+
+
+def freeze(learn) -> None:
+    """Freeze every layer group but the last (fastai 0.7: train only the head)."""
+    learn.freeze_to(-1)
+
+
+def unfreeze(learn) -> None:
+    """Make every layer group trainable."""
+    learn.freeze_to(0)
+
+
+def bn_freeze(learn, flag: bool = True) -> None:
+    """With `flag`, every BatchNorm layer keeps its running statistics fixed while training (fastai 0.7)."""
+    learn.bn_frozen = bool(flag)
 
 
 class FreezeBatchNorm(Callback):

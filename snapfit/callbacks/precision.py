@@ -15,9 +15,22 @@ import torch
 from ..core import Callback, CancelBackwardException, CancelStepException
 from ..optim import needs_closure
 
-__all__ = ["MixedPrecision", "AMP_DTYPES"]
+__all__ = ["MixedPrecision", "AMP_DTYPES", "half", "to_float"]
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def half(learn):
+    """Later fits run in mixed precision (fastai 0.7's ``learn.half()``): fp16 with a loss scaler on CUDA, bf16 on
+    the CPU; the weights stay float32 (autocast keeps master weights and BatchNorm in fp32). Returns `learn`."""
+    learn.amp = "fp16" if learn.device.type == "cuda" else "bf16"
+    return learn
+
+
+def to_float(learn):
+    """Later fits run in float32 again (undoes `half`). Returns `learn`."""
+    learn.amp = None
+    return learn
 
 
 class MixedPrecision(Callback):
@@ -26,10 +39,10 @@ class MixedPrecision(Callback):
     order = 900  # last in before_batch (autocast covers the forward only), after_loss and after_backward
     state_key = "mixed_precision"
 
-    def __init__(self, dtype: str = "bf16"):
+    def __init__(self, dtype: str = "bf16", init_scale: Optional[float] = None):
         if dtype not in AMP_DTYPES:
             raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)} or None, got {dtype!r}")
-        self.dtype = dtype
+        self.dtype, self.init_scale = dtype, init_scale
         self.scaler: Optional[torch.amp.GradScaler] = None
         self._ctx = None
         self._scaled_backward = False
@@ -41,7 +54,8 @@ class MixedPrecision(Callback):
                 raise ValueError("amp='fp16' cannot drive an optimizer that needs a closure (LBFGS): torch's "
                                  "GradScaler takes no closure; use amp='bf16' or amp=None")
             if self.scaler is None:
-                self.scaler = torch.amp.GradScaler(learn.device.type)
+                kw = {} if self.init_scale is None else {"init_scale": float(self.init_scale)}
+                self.scaler = torch.amp.GradScaler(learn.device.type, **kw)
                 if self._scaler_state is not None:
                     self.scaler.load_state_dict(self._scaler_state)
             learn.scaler = self.scaler
