@@ -52,14 +52,15 @@ def reference(w, g, wd, lr, trust, eps, clip, excluded):
     return (g + wd * w) * ratio
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("clip", [False, True])
-def test_lars_ratios_match_the_per_tensor_formula(tmp_path, clip):
+def test_lars_ratios_match_the_per_tensor_formula(tmp_path, clip, fused):
     torch.manual_seed(0)
     model = Side()
     learn = Learner(model, small_data(n_trn=32, bs=8), opt_func=lambda ps: torch.optim.SGD(ps, momentum=0.9),
                     wd=1e-3, progress=False, device="cpu", path=tmp_path)
     before, after = Grads(order=5), Grads(order=15)
-    lars = LARS(trust_coef=0.02, clip=clip)
+    lars = LARS(trust_coef=0.02, clip=clip, fused=fused)
     learn.fit(0.5, 2, cycle_len=1, callbacks=[before, lars, after])
     checked = {"scaled": 0, "excluded": 0, "zero_w": 0, "zero_g": 0}
     for b, a in zip(before.seen, after.seen):
@@ -79,6 +80,23 @@ def test_lars_ratios_match_the_per_tensor_formula(tmp_path, clip):
     assert all(v > 0 for v in checked.values()), checked
     assert learn.opt.param_groups[0]["weight_decay"] == 1e-3, "restored after the step"
     assert lars.names == ["l1.weight", "zeroed.weight", "l2.weight", "side.weight"]
+
+
+def test_fused_application_equals_per_tensor_scaling_bit_for_bit(tmp_path):
+    """The flat-buffer path (constant number of kernels) and the per-tensor path give the same weights."""
+    def run(fused):
+        torch.manual_seed(0)
+        learn = Learner(Side(), small_data(n_trn=32, bs=8), opt_func=lambda ps: torch.optim.SGD(ps, momentum=0.9),
+                        wd=1e-3, progress=False, device="cpu", path=tmp_path)
+        lars = LARS(trust_coef=0.02, fused=fused, record_every=1)
+        learn.fit(0.5, 2, cycle_len=1, callbacks=[lars])
+        return learn.model.state_dict(), lars.history
+    (w_per, r_per), (w_flat, r_flat) = run(False), run(True)
+    assert r_per == r_flat and len(r_per) == 8
+    for k in w_per:
+        assert torch.equal(w_per[k], w_flat[k]), k
+    with pytest.raises(ValueError, match=r"fused must be True, False or None \(fused for CUDA gradients\), got 'yes'"):
+        LARS(fused="yes")
 
 
 def test_lars_update_is_the_papers(tmp_path):
@@ -128,7 +146,7 @@ def test_lars_records_ratios_and_plots_them(tmp_path):
     assert every.iterations == [1, 3]
 
 
-@pytest.mark.parametrize("kind", ["LARS", "LAMB"])
+@pytest.mark.parametrize("kind", ["LARS", "LARS fused", "LAMB"])
 def test_lars_adds_no_host_sync_per_batch(tmp_path, host_reads, kind):
     """What LARS/LAMB add to the reads of device values is the same for 2 and 20 batches an epoch (AdamW itself
     reads its step count per parameter and batch: that is the optimizer's, counted on both sides)."""
@@ -142,7 +160,8 @@ def test_lars_adds_no_host_sync_per_batch(tmp_path, host_reads, kind):
                         opt_func=opt)
         learn.sched.sync_every = 10_000
         counts["n"] = 0
-        learn.fit(0.1, 2, callbacks=[LARS() if kind == "LARS" else LAMB()] if with_cb else [])
+        cb = {"LARS": LARS(), "LARS fused": LARS(fused=True), "LAMB": LAMB()}[kind]
+        learn.fit(0.1, 2, callbacks=[cb] if with_cb else [])
         return counts["n"]
 
     added = [run(n, True) - run(n, False) for n in (8, 80)]
@@ -245,12 +264,13 @@ def two_group_learner(tmp_path, opt_func, seed=0):
                    progress=False, device="cpu", path=tmp_path)
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("clip", [False, True])
-def test_lars_with_two_groups_of_different_lr_and_wd_and_a_custom_exclude(tmp_path, clip):
+def test_lars_with_two_groups_of_different_lr_and_wd_and_a_custom_exclude(tmp_path, clip, fused):
     learn = two_group_learner(tmp_path, lambda ps: torch.optim.SGD(ps, momentum=0.9))
     custom = lambda name, p: name in ("2.weight", "0.bias")  # noqa: E731  (a weight left out, other biases in)
     before, after = GroupGrads(order=5), GroupGrads(order=15)
-    lars = LARS(trust_coef=0.02, clip=clip, exclude=custom)
+    lars = LARS(trust_coef=0.02, clip=clip, exclude=custom, fused=fused)
     learn.fit([0.05, 0.5], 2, cycle_len=1, wds=[1e-2, 1e-3], callbacks=[before, lars, after])
     assert lars.names == ["0.weight", "2.bias", "4.weight", "4.bias"], "per group, in order, as `exclude` says"
     seen_lrs = set()

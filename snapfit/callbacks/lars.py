@@ -13,6 +13,12 @@ tensors (biases and normalisation parameters by default) keep the plain update `
 norms are computed with ``torch._foreach_norm`` on the device: no host sync; the ratios are read back
 only when recorded (every `record_every` batches, default once per epoch).
 
+Applying the ratios (`fused`, on by default for CUDA gradients) takes a constant number of kernels whatever the
+number of tensors: the group's gradients (and weights, for the decay) are concatenated into one flat buffer,
+multiplied by the ratios repeated over each tensor's elements (``repeat_interleave``), and copied back with one
+grouped ``_foreach_copy_``. Per-tensor scaling (``fused=False``, the CPU default, where a kernel costs no launch
+but the flat buffer costs memory passes) multiplies each gradient by its ratio.
+
 LARS is defined for SGD. An adaptive optimizer (Adam, AdamW, RMSprop, Adagrad, ... : anything with
 per-element second moments or ``betas``) divides each gradient element by its own running scale, which
 undoes a per-tensor gradient scale, and folding weight decay into the gradient would turn AdamW's decoupled
@@ -71,7 +77,8 @@ class LARS(Callback):
     """Scale each layer's update by its trust ratio (see the module docstring). `exclude` picks the tensors
     left out: a function ``exclude(name, param) -> bool`` or a list of parameter names (default: biases and
     1-d tensors). The ratios of the included tensors are recorded every `record_every` batches (None: at the
-    last batch of each epoch) for ``learn.sched.plot_lars()``."""
+    last batch of each epoch) for ``learn.sched.plot_lars()``. `fused`: apply the ratios through one flat buffer
+    (a constant number of kernels; default: for CUDA gradients)."""
 
     order = 10  # in after_backward, before callbacks that step the optimizer themselves
     state_key = "lars"
@@ -79,7 +86,11 @@ class LARS(Callback):
 
     def __init__(self, trust_coef: float = 0.001, eps: float = 1e-8, clip: bool = False,
                  exclude: Union[Callable[[str, nn.Parameter], bool], Sequence[str], None] = None,
-                 record_every: Optional[int] = None):
+                 record_every: Optional[int] = None, fused: Optional[bool] = None):
+        if fused is not None and not isinstance(fused, bool):
+            raise ValueError(f"fused must be True, False or None (fused for CUDA gradients), got {fused!r}")
+        self.fused = fused  # None: fused for CUDA gradients (launch-bound), per tensor on the CPU
+        self._counts: Dict[tuple, torch.Tensor] = {}  # (device, numels) -> the numels as a device tensor
         self.trust_coef = check_float("trust_coef", trust_coef, what="> 0 and finite (the trust coefficient)")
         if self.trust_coef == 0:
             raise ValueError(f"trust_coef must be > 0 and finite (the trust coefficient), got {trust_coef!r}")
@@ -134,9 +145,12 @@ class LARS(Callback):
                 ratio = torch.where((w_norm > 0) & (g_norm > 0), ratio, torch.ones_like(ratio))
                 if self.clip:
                     ratio = torch.clamp(ratio / lr, max=1.0) if lr > 0 else torch.ones_like(ratio)
-                if wd:
-                    torch._foreach_add_(gs, ws, alpha=wd)
-                torch._foreach_mul_(gs, list(ratio.unbind()))
+                if self._use_fused(gs):
+                    self._apply_flat(gs, ws, wd, ratio)
+                else:
+                    if wd:
+                        torch._foreach_add_(gs, ws, alpha=wd)
+                    torch._foreach_mul_(gs, list(ratio.unbind()))
                 out.append(ratio)
             else:
                 out.append(None)
@@ -144,6 +158,24 @@ class LARS(Callback):
             if wd and ex_w:
                 torch._foreach_add_([p.grad for p in exc if p.grad is not None], ex_w, alpha=wd)
         return out
+
+    def _use_fused(self, gs: List[torch.Tensor]) -> bool:
+        fused = gs[0].is_cuda if self.fused is None else self.fused
+        return fused and len({(g.device, g.dtype) for g in gs}) == 1
+
+    def _apply_flat(self, gs: List[torch.Tensor], ws: List[torch.Tensor], wd: float, ratio: torch.Tensor) -> None:
+        """``g <- (g + wd * w) * ratio`` for every tensor at once: flat buffers, one ``repeat_interleave`` of the
+        ratios, one grouped copy back (a constant number of kernels)."""
+        numels = tuple(g.numel() for g in gs)
+        key = (gs[0].device, numels)
+        counts = self._counts.get(key)
+        if counts is None:
+            counts = self._counts[key] = torch.tensor(numels, device=gs[0].device)
+        flat = torch.cat([g.reshape(-1) for g in gs])
+        if wd:
+            flat.add_(torch.cat([w.reshape(-1) for w in ws]), alpha=wd)
+        flat.mul_(torch.repeat_interleave(ratio.to(flat.dtype), counts, output_size=flat.numel()))
+        torch._foreach_copy_(gs, [v.view_as(g) for v, g in zip(flat.split(numels), gs)])
 
     def after_backward(self, learn) -> None:
         if not learn.training:
