@@ -38,12 +38,12 @@ def _floating(obj: Any, name: str) -> Iterator[Tuple[str, torch.Tensor]]:
             yield from _floating(v, f"{name}[{i}]")
 
 
-def _extremes(t: torch.Tensor) -> torch.Tensor:
+def _extremes(t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """The smallest and largest value of `t` (NaN when it holds one): finite exactly when all of `t` is."""
     t = t.detach()
     if t.is_complex():
         t = torch.view_as_real(t)
-    return torch.stack(torch.aminmax(t)).float()
+    return torch.aminmax(t)
 
 
 def nonfinite_tensors(state: Any) -> List[str]:
@@ -54,7 +54,8 @@ def nonfinite_tensors(state: Any) -> List[str]:
         by_device.setdefault(t.device, []).append((name, t))
     bad = []
     for items in by_device.values():
-        finite = torch.isfinite(torch.stack([_extremes(t) for _, t in items])).all(1).tolist()
+        ends = [e.float() for _, t in items for e in _extremes(t)]
+        finite = torch.isfinite(torch.stack(ends)).view(-1, 2).all(1).tolist()
         bad += [name for (name, _), ok in zip(items, finite) if not ok]
     return bad
 

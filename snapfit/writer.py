@@ -11,6 +11,7 @@ or at the end of the fit. Installed by default as ``learn.writer``."""
 from __future__ import annotations
 
 import io
+import queue
 import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -69,7 +70,10 @@ class BackgroundWriter(Callback):
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
         self._buffers = _HostBuffers()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: Optional[threading.Thread] = None  # started at the first write, then kept (no start per write)
+        self._jobs: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._idle = threading.Event()
+        self._idle.set()
         self._error: Optional[BaseException] = None
         self._failed: Optional[Path] = None
         self.written = 0  # files written (by any thread)
@@ -92,9 +96,20 @@ class BackgroundWriter(Callback):
             torch.save(state, buf)
             data = buf.getvalue()
             job = lambda: files.atomic_write_bytes(data, path)  # noqa: E731
-        self._thread = threading.Thread(target=self._run, args=(job, path, then),
-                                        name=f"snapfit writer: {path.name}", daemon=True)
-        self._thread.start()
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._serve, name="snapfit writer", daemon=True)
+            self._thread.start()
+        self._idle.clear()
+        self._jobs.put((job, path, then))
+
+    def _serve(self) -> None:
+        """The writer thread: runs the jobs handed over, one at a time, for the learner's life (a daemon)."""
+        while True:
+            job, path, then = self._jobs.get()
+            try:
+                self._run(job, path, then)
+            finally:
+                self._idle.set()
 
     def _run(self, job: Callable[[], Any], path: Path, then) -> None:
         try:
@@ -107,9 +122,7 @@ class BackgroundWriter(Callback):
 
     def wait(self) -> None:
         """Return when no write is in flight; raise `WriteError` (naming the file) if the last one failed."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._idle.wait()
         self.check()
 
     def check(self) -> None:
@@ -125,7 +138,7 @@ class BackgroundWriter(Callback):
     @property
     def pending(self) -> bool:
         """True while a write is in flight."""
-        return self._thread is not None and self._thread.is_alive()
+        return not self._idle.is_set()
 
     # ------------------------------------------------------------------ events
     def after_batch(self, learn) -> None:

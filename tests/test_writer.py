@@ -30,13 +30,14 @@ def test_background_files_are_the_bytes_of_synchronous_ones(tmp_path):
 
 
 def test_at_most_one_write_in_flight_and_all_done_when_fit_returns(tmp_path, monkeypatch):
-    spans, real = [], io_module.atomic_write_bytes
+    spans, real, idents = [], io_module.atomic_write_bytes, set()
 
     def slow(data, path):
         start = time.perf_counter()
         time.sleep(0.05)
         real(data, path)
         spans.append((start, time.perf_counter(), threading.current_thread().name, str(path)))
+        idents.add(threading.get_ident())
 
     monkeypatch.setattr(io_module, "atomic_write_bytes", slow)
     learn = run(tmp_path, True)
@@ -46,6 +47,7 @@ def test_at_most_one_write_in_flight_and_all_done_when_fit_returns(tmp_path, mon
     spans.sort()
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), "never two at once"
     assert all(name.startswith("snapfit writer") for _, _, name, _ in spans), "written by the writer thread"
+    assert len(idents) == 1 and threading.get_ident() not in idents, "one writer thread for the learner's files"
     assert learn.saved_cycles("snap") == [0, 1] and not learn.writer.pending
     learn.load_cycle("snap", 1)  # right after fit: the file is there
 
