@@ -354,14 +354,15 @@ def adamw_reference(seen_b, seen_a, excluded, betas=(0.9, 0.999), eps=1e-8, clip
     return worst, ratios
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("clip", [False, True])
-def test_lamb_with_adamw_is_the_papers_update(tmp_path, clip):
+def test_lamb_with_adamw_is_the_papers_update(tmp_path, clip, fused):
     """w <- w - lr * (||w|| / ||u||) * u with u = m_hat / (sqrt(v_hat) + eps) + wd * w, per tensor, per group."""
     learn = two_group_learner(tmp_path, lambda ps: torch.optim.AdamW(ps))
     with torch.no_grad():
         learn.model[0].weight.mul_(10)  # ||w|| > ||u|| for this tensor: a ratio above 1, for clip to cap
     before, after = GroupGrads(order=5), GroupGrads(order=15, event="after_step")
-    lamb = LAMB(clip=clip, record_every=1)
+    lamb = LAMB(clip=clip, record_every=1, fused=fused)
     # no warm-up: at lr/100 the step is ~1e-5 of weights ~0.3, and float32 weights resolve it only to ~1e-3
     learn.fit([1e-3, 1e-2], 2, cycle_len=1, wds=[1e-2, 1e-1], warmup=False, callbacks=[before, lamb, after])
     worst, ratios = adamw_reference(before.seen, after.seen, default_lars_exclude, clip=clip)

@@ -248,15 +248,17 @@ class LAMB(LARS):
     """Layer-wise trust ratio applied to the optimizer's update (see the module docstring): after each step,
     every included tensor's step is rescaled to length ``lr * ||w||``. Works over any optimizer (meant for
     Adam/AdamW); the optimizer keeps its own weight decay. `exclude`, `record_every` and ``plot()`` as in
-    LARS; `clip=True` caps the ratio at 1. Keeps a copy of the included weights (one step's worth)."""
+    LARS; `clip=True` caps the ratio at 1; `fused` as in LARS. Keeps a copy of the included weights (one step's
+    worth)."""
 
     state_key = "lamb"
     _clip_label = " (clipped: at most 1)"
 
     def __init__(self, clip: bool = False, eps: float = 0.0,
                  exclude: Union[Callable[[str, nn.Parameter], bool], Sequence[str], None] = None,
-                 record_every: Optional[int] = None):
-        super().__init__(trust_coef=1.0, eps=eps, clip=clip, exclude=exclude, record_every=record_every)
+                 record_every: Optional[int] = None, fused: Optional[bool] = None):
+        super().__init__(trust_coef=1.0, eps=eps, clip=clip, exclude=exclude, record_every=record_every,
+                         fused=fused)
         self._before: List[List[torch.Tensor]] = []
         self._stepping = False  # between after_backward (weights copied) and after_step
 
@@ -299,7 +301,10 @@ class LAMB(LARS):
             if self.clip:
                 ratio = torch.clamp(ratio, max=1.0)
             # w_old - ratio * (w_old - w_new) = w_new - (ratio - 1) * (w_old - w_new)
-            torch._foreach_mul_(before, list((ratio - 1).unbind()))
+            if self._use_fused(before):
+                self._apply_flat(before, ws, 0.0, ratio - 1)
+            else:
+                torch._foreach_mul_(before, list((ratio - 1).unbind()))
             torch._foreach_sub_(ws, before)
             out.append(ratio)
         self._last = out
