@@ -342,3 +342,33 @@ def test_precompute_cache_is_keyed_by_images_labels_tfms_size_and_body(planet, t
     assert not np.allclose(on_cache, before, atol=1e-4)
     learn.precompute = False
     np.testing.assert_allclose(on_cache, learn.predict(), atol=1e-5)  # the cache matches the loaded body
+
+
+# ------------------------------------------------------------------------------------------- metrics needing host data
+def test_a_metric_converting_device_tensors_to_numpy_is_recognised_and_cpu_errors_propagate(digit_folders, tmp_path):
+    from snapfit.callbacks.recorder import needs_host_copy
+    with pytest.raises(TypeError) as info:  # torch's message for any non-CPU device (meta here, cuda on a GPU)
+        np.asarray(torch.zeros(2, device="meta"))
+    assert needs_host_copy(info.value)
+    assert not needs_host_copy(TypeError("unsupported operand type(s) for +: 'int' and 'str'"))
+
+    def broken(preds, targs):
+        raise TypeError("a bug in the metric")
+
+    learn = Learner.from_model_data(LogSoftmaxNet(), digit_data(digit_folders), path=tmp_path, progress=False,
+                                    device="cpu", metrics=[broken])
+    with pytest.raises(TypeError, match="a bug in the metric"):
+        learn.fit(1e-2, 1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_planet_f2_runs_on_cuda_with_host_copies(planet, tmp_path):
+    data = planet_data(planet, sz=16)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, data.c), nn.Sigmoid())
+    learn = Learner.from_model_data(net, data, path=tmp_path, progress=False, device="cuda", metrics=[f2])
+    learn.fit(1e-2, 1)
+    probs, targs = learn.predict_with_targs()
+    sizes = [len(y) for _, y in data.val_dl]
+    bounds = np.cumsum([0] + sizes)
+    batch_f2 = [f2(probs[a:b], targs[a:b]) for a, b in zip(bounds, bounds[1:])]
+    assert learn.sched.metrics[-1][0] == pytest.approx(np.average(batch_f2, weights=sizes), abs=1e-5)

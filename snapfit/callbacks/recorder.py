@@ -131,6 +131,7 @@ class Recorder(Callback):
         self.reset()
         self.metric_names = [metric_name(m) for m in learn.metrics]
         self._batch_metrics = [(m, n) for m, n in zip(learn.metrics, self.metric_names) if not is_epoch_metric(m)]
+        self._host_metrics = set()  # metrics that turned out to need host tensors (they convert to NumPy)
         self._epoch_metrics = [as_epoch_metric(m) for m in learn.metrics if is_epoch_metric(m)]
         for m in self._epoch_metrics:
             if callable(getattr(m, "to", None)):
@@ -157,12 +158,26 @@ class Recorder(Callback):
         elif learn.loss is not None:
             n = _batch_size(learn)
             vals = [learn.loss.detach().float()]
-            vals += [_as_tensor(m(learn.pred, *learn.yb), learn.loss, name) for m, name in self._batch_metrics]
+            vals += [_as_tensor(self._call_metric(i, m, learn), learn.loss, name)
+                     for i, (m, name) in enumerate(self._batch_metrics)]
             batch = torch.stack(vals) * n if len(vals) > 1 else vals[0].reshape(1) * n
             self._val_sums = batch if self._val_sums is None else self._val_sums.add_(batch)
             self._val_count += n
             for m in self._epoch_metrics:
                 m.update(learn.pred.detach(), *learn.yb)
+
+    def _call_metric(self, i: int, m, learn):
+        """``m(pred, *yb)``; a metric that converts a GPU tensor to NumPy (scikit-learn scores, such as the Planet
+        notebook's f2) gets host copies instead, from then on (fastai 0.7's tensors converted implicitly)."""
+        if i in self._host_metrics:
+            return m(learn.pred.detach().cpu(), *(y.cpu() for y in learn.yb))
+        try:
+            return m(learn.pred, *learn.yb)
+        except (TypeError, RuntimeError) as e:
+            if learn.pred.device.type == "cpu" or not needs_host_copy(e):
+                raise
+            self._host_metrics.add(i)
+            return self._call_metric(i, m, learn)
 
     def after_train(self, learn) -> None:
         self.flush()
@@ -280,6 +295,13 @@ class Recorder(Callback):
 
 
 _lr_of = operator.itemgetter("lr")
+
+
+def needs_host_copy(error: BaseException) -> bool:
+    """True for torch's error on converting a device tensor to NumPy (``can't convert cuda:0 device type tensor
+    to numpy. Use Tensor.cpu() ...``)."""
+    msg = str(error)
+    return "numpy" in msg and ("Tensor.cpu()" in msg or "device type tensor" in msg)
 
 
 def _epoch_value(m) -> float:
