@@ -22,6 +22,7 @@ from .io import atomic_save, load_file, load_state, unwrap_model
 from .learner import Learner
 from .metrics import accuracy, accuracy_thresh
 from .models.layers import AdaptiveConcatPool2d
+from .predict import evaluating
 
 __all__ = ["ConvLearner", "AdaptiveConcatPool2d", "build_body", "pretrained_weights_file", "head_for"]
 
@@ -164,11 +165,8 @@ class ConvLearner(Learner):
         body, lr_cut = build_body(arch, model)
         if pretrained or weights is not None:
             _load_pretrained(arch, model, weights, body)
-        with torch.no_grad():
-            was = body.training
-            body.eval()
+        with evaluating(body):
             nf = body(torch.zeros(1, 3, 64, 64)).shape[1] * 2
-            body.train(was)
         xtra_fc = [512] if xtra_fc is None else list(xtra_fc)
         if ps is None:
             ps = [0.25] * len(xtra_fc) + [0.5]
@@ -278,15 +276,11 @@ class ConvLearner(Learner):
 
     def activations(self, dl) -> torch.Tensor:
         """Pooled, flattened activations of the frozen body over `dl` (eval mode), on the CPU."""
-        feats = nn.Sequential(self.body, self.head[0], self.head[1])
-        was = self.full_model.training
-        feats.eval()
         out = []
-        with torch.no_grad():
+        with evaluating(nn.Sequential(self.body, self.head[0], self.head[1])) as feats:
             for batch in dl:
                 xb, _ = self.to_device(batch)
                 out.append(feats(*xb).float())
-        self.full_model.train(was)
         return torch.cat(out).cpu()
 
     def _activation_data(self) -> DataBunch:

@@ -1,16 +1,32 @@
 """Predictions: model outputs over a loader, on the validation or test set, and test-time augmentation."""
 from __future__ import annotations
 
+import contextlib
 import warnings
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 import torch
+from torch import nn
 
 from .checks import check_int
 from .distributed import ShardSampler, all_gather_object, is_distributed
 
-__all__ = ["eval_loader", "predict_dl", "predict", "predict_with_targs", "tta", "predict_array"]
+__all__ = ["evaluating", "eval_loader", "predict_dl", "predict", "predict_with_targs", "tta", "predict_array"]
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` in eval mode under ``torch.no_grad()`` for the block; afterwards every module gets back its own
+    train/eval mode (frozen BatchNorm layers stay in eval), also when the block raises."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def eval_loader(data, is_test: bool = False):
@@ -26,18 +42,13 @@ def predict_dl(learn, dl) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """The model's outputs (and the targets, when the loader yields them) over `dl` in eval mode, as NumPy
     arrays; the model's train/eval mode is put back. Under torchrun a sharded validation/test loader's outputs
     are gathered: every rank returns the whole set, in the single-process order."""
-    was_training = learn.model.training
-    learn.model.eval()
     preds, targs = [], []
-    try:
-        with torch.no_grad():
-            for batch in dl:
-                xb, yb = learn.to_device(batch)
-                preds.append(learn.model(*xb).detach())
-                if yb:
-                    targs.append(yb[0].detach())
-    finally:
-        learn.model.train(was_training)
+    with evaluating(learn.model) as model:
+        for batch in dl:
+            xb, yb = learn.to_device(batch)
+            preds.append(model(*xb).detach())
+            if yb:
+                targs.append(yb[0].detach())
     p = torch.cat(preds).float().cpu().numpy() if preds else np.zeros((0,))
     t = torch.cat(targs).cpu().numpy() if targs else None
     if is_distributed() and isinstance(getattr(dl, "sampler", None), ShardSampler):
@@ -83,14 +94,8 @@ def predict_array(learn, x) -> np.ndarray:
     if torch.is_tensor(sample) and x.ndim != sample.dim() + 1:
         raise ValueError(f"predict_array needs a batch shaped (N, {', '.join(map(str, sample.shape))}) like the "
                          f"training inputs, got an array of shape {x.shape}; add the batch axis with x[None]")
-    was_training = learn.model.training
-    learn.model.eval()
-    try:
-        with torch.no_grad():
-            xb = torch.as_tensor(x).to(learn.device)
-            if torch.is_tensor(sample) and xb.is_floating_point() and sample.is_floating_point():
-                xb = xb.to(sample.dtype)
-            out = learn.model(xb)
-    finally:
-        learn.model.train(was_training)
-    return out.float().cpu().numpy()
+    xb = torch.as_tensor(x).to(learn.device)
+    if torch.is_tensor(sample) and xb.is_floating_point() and sample.is_floating_point():
+        xb = xb.to(sample.dtype)
+    with evaluating(learn.model) as model:
+        return model(xb).float().cpu().numpy()

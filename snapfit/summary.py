@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .predict import evaluating
 from .rng import get_rng_states, set_rng_states
 
 __all__ = ["summary", "model_summary", "summary_table", "param_counts"]
@@ -64,20 +65,16 @@ def model_summary(model: nn.Module, inputs: Sequence[Any]) -> "OrderedDict[str, 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     entries: "OrderedDict[str, Dict[str, Any]]" = OrderedDict()
-    modes = [(m, m.training) for m in model.modules()]
     handles = []
     try:
         for m in model.modules():
             if _is_leaf(m):
                 handles.append(m.register_forward_hook(partial(_record, entries), with_kwargs=True))
-        model.eval()
-        with torch.no_grad():
+        with evaluating(model):
             model(*inputs)
     finally:
         for h in handles:
             h.remove()
-        for m, training in modes:
-            m.training = training
     if not entries:
         what = "has no leaf layer" if not handles else "called none of its leaf layers"
         raise ValueError(f"nothing to summarise: the model ({type(model).__name__}) {what} in its forward pass "
