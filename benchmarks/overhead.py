@@ -7,7 +7,10 @@ schedule set every batch (cosine, no warm-up on either side), and validate once 
 accuracy summed on the device, read once). The plain side records nothing; `learn.fit` runs its default
 callbacks (recorder, progress bar, schedule, NaN check) and, as more sides, also saves a snapshot per epoch
 (one-epoch cycles) or writes a full checkpoint per epoch. The sides are interleaved (A B C D A B C D ...)
-in one process, threads pinned; the medians of seconds per epoch are compared.
+in one process, threads pinned. Each ratio is the median over the reps of that rep's ratio (the sides of a rep
+ran back to back, so slow phases of a shared machine cancel out): fit/plain is what the loop costs, and
+fit+snapshot/fit and fit+checkpoint/fit what writing a file every epoch costs on top of it. The end of `fit`
+waits for its last write, a fixed cost per fit: `--epochs 2` and `--epochs 8` show how it spreads.
 
 Workload A: MLP 64-256-256-10 on scikit-learn's digits, batch 32 (overhead-dominated).
 Workload B: ResNet-18 on 3x32x32 inputs, batch 64 (compute-dominated).
@@ -103,7 +106,16 @@ def bench(name, bs, reps, epochs, dev, tmp):
             cpu[k].append((time.process_time() - c0) / epochs)
     med = {k: statistics.median(v) for k, v in wall.items()}
     cpu_min = {k: min(v) for k, v in cpu.items()}
-    return med, cpu_min, len(data.train_dl)
+
+    def paired(num, den):
+        return statistics.median(a / b for a, b in zip(wall[num], wall[den]))
+
+    ratios = {"fit/plain": paired("learn.fit", "plain loop"),
+              "snapshot/plain": paired("learn.fit + snapshots", "plain loop"),
+              "checkpoint/plain": paired("learn.fit + checkpoints", "plain loop"),
+              "snapshot/fit": paired("learn.fit + snapshots", "learn.fit"),
+              "checkpoint/fit": paired("learn.fit + checkpoints", "learn.fit")}
+    return med, cpu_min, ratios, len(data.train_dl)
 
 
 def main():
@@ -126,19 +138,19 @@ def main():
         runs.append(("B", a.bs or 64))
     print(f"device {dev} ({torch.cuda.get_device_name() if dev.type == 'cuda' else f'{a.threads} thread(s)'}), "
           f"torch {torch.__version__}, {a.reps} interleaved reps of {a.epochs} epochs")
-    print("Medians of wall-clock seconds per epoch; the last column is the ratio of the fastest runs in process "
-          "CPU time (least disturbed by other load on a shared machine).")
+    print("Medians of wall-clock seconds per epoch and of the reps' paired ratios; the last column is the ratio of "
+          "the fastest runs in process CPU time (least disturbed by other load on a shared machine).")
     print("| workload | batch | batches/epoch | plain s/epoch | fit s/epoch | fit/plain | fit+snapshot per epoch / "
-          "plain | fit+checkpoint per epoch / plain | fit/plain (min CPU time) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "plain | fit+checkpoint per epoch / plain | fit+snapshot / fit | fit+checkpoint / fit | fit/plain (min CPU "
+          "time) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name, bs in runs:
-            med, cpu, nb = bench(name, bs, a.reps, a.epochs, dev, tmp)
-            pl, f = med["plain loop"], med["learn.fit"]
-            fs, fc = med["learn.fit + snapshots"], med["learn.fit + checkpoints"]
+            med, cpu, r, nb = bench(name, bs, a.reps, a.epochs, dev, tmp)
             c = cpu["learn.fit"] / cpu["plain loop"]
-            print(f"| {name} | {bs} | {nb} | {pl:.4f} | {f:.4f} | {f / pl:.3f} | {fs / pl:.3f} | {fc / pl:.3f} "
-                  f"| {c:.3f} |", flush=True)
+            print(f"| {name} | {bs} | {nb} | {med['plain loop']:.4f} | {med['learn.fit']:.4f} | {r['fit/plain']:.3f} | "
+                  f"{r['snapshot/plain']:.3f} | {r['checkpoint/plain']:.3f} | {r['snapshot/fit']:.3f} | "
+                  f"{r['checkpoint/fit']:.3f} | {c:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,10 @@ which uses ``torch.load(weights_only=True)``: a checkpoint is data, never code.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
@@ -57,49 +57,59 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _umask() -> int:
-    """The process's umask, read without changing it where Linux tells it (/proc), else set and put back."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    mask = os.umask(0o022)  # pragma: no cover
-    os.umask(mask)  # pragma: no cover
-    return mask  # pragma: no cover
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+_temp_numbers = itertools.count()
+_swept: set = set()  # the targets whose stale temp files this process has removed already
+
+
+def _sweep_stale_temps(path: Path) -> None:
+    """Remove temp files of `path` left by a process killed mid-write (once per target and process: every later
+    temp file of it is this process's own, renamed or removed when its write ends)."""
+    key = str(path)
+    if key in _swept:
+        return
+    _swept.add(key)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            stale.unlink()
+        except OSError:
+            pass
 
 
 def atomic_write_bytes(data: Union[bytes, Callable[[Any], None]], path: PathLike) -> Path:
-    """Write `data` to `path` atomically (temp file in the same folder, fsync, ``os.replace``). `data` is
-    bytes, or a function that writes into the open binary file it is given. The file gets the permissions
-    a plain ``open(path, 'wb')`` would give it (0666 less the umask), not the temp file's 0600."""
+    """Write `data` to `path` atomically (temp file in the same folder, fsync, ``os.replace``, fsync of the
+    folder). `data` is bytes, or a function that writes into the open binary file it is given. The file gets
+    the permissions a plain ``open(path, 'wb')`` gives (0666 less the umask). Few system calls, little Python:
+    the background writer runs this while the training thread wants the GIL."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{next(_temp_numbers)}.tmp"
     try:
-        with os.fdopen(fd, "wb") as f:
-            if callable(data):
+        fd = os.open(tmp, _OPEN_FLAGS, 0o666)  # the kernel applies the umask, as open() does
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, _OPEN_FLAGS, 0o666)
+    try:
+        if callable(data):
+            with os.fdopen(fd, "wb", closefd=False) as f:
                 data(f)
-            else:
-                f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        else:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
         os.replace(tmp, path)
     except BaseException:
+        if fd >= 0:
+            os.close(fd)
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
     _fsync_dir(path.parent)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
-        try:
-            stale.unlink()
-        except OSError:
-            pass
+    _sweep_stale_temps(path)
     return path
 
 

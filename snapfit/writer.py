@@ -1,15 +1,16 @@
 """Writing snapshots and checkpoints off the training loop's critical path.
 
-At a snapshot or checkpoint the loop takes a consistent copy of the state to write and hands it to one writer
-thread, which writes it to a temp file, fsyncs and renames it (`io.atomic_write_bytes`), so a crash at any
-point leaves the previous file loadable. On CUDA the copy is asynchronous, into reused pinned host buffers,
-followed by an event, and the thread serialises it; on the CPU the loop serialises the state to bytes at once
-(about as fast as copying it, and the thread then only does file I/O, which releases the GIL). The loop goes
-on at once; at most one write is in flight (the next one waits for it). Whatever reads a file waits for the
-writes in flight first, and a failed write surfaces in the training thread, naming the file, at the next batch
-or at the end of the fit. Installed by default as ``learn.writer``."""
+At a snapshot or checkpoint the loop takes a consistent copy of the state to write (`host_copy`: on the CPU
+a clone of each storage; on CUDA asynchronous copies into reused pinned host buffers, then an event) and hands
+it to one writer thread, which serialises it with ``torch.save`` and writes it to a temp file, fsyncs and
+renames it (`io.atomic_write_bytes`), so a crash at any point leaves the previous file loadable. The file holds
+the bytes ``torch.save`` gives for the live state. The loop goes on at once; at most one write is in flight
+(the next one waits for it). Whatever reads a file waits for the writes in flight first, and a failed write
+surfaces in the training thread, naming the file, at the next batch or at the end of the fit. Installed by
+default as ``learn.writer``."""
 from __future__ import annotations
 
+import copy as copy_module
 import io
 import queue
 import threading
@@ -29,31 +30,50 @@ class WriteError(RuntimeError):
 
 
 class _HostBuffers:
-    """Pinned host tensors reused from one write to the next, one per (key, shape, dtype)."""
+    """Pinned host storages reused from one write to the next, one per (key, size in bytes)."""
 
     def __init__(self):
         self.buffers: Dict[Tuple, torch.Tensor] = {}
 
-    def copy(self, t: torch.Tensor, key: Tuple) -> torch.Tensor:
-        k = (key, tuple(t.shape), t.dtype)
+    def copy(self, storage: torch.UntypedStorage, device: torch.device, key: Tuple) -> torch.UntypedStorage:
+        k = (key, storage.nbytes())
         buf = self.buffers.get(k)
         if buf is None:
-            buf = self.buffers[k] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-        buf.copy_(t.detach(), non_blocking=True)
-        return buf
+            buf = self.buffers[k] = torch.empty(storage.nbytes(), dtype=torch.uint8, pin_memory=True)
+        buf.copy_(torch.empty(0, dtype=torch.uint8, device=device).set_(storage), non_blocking=True)
+        return buf.untyped_storage()
 
 
-def host_copy(obj: Any, buffers: Optional[_HostBuffers] = None, key: Tuple = ()) -> Any:
+def host_copy(obj: Any, buffers: Optional[_HostBuffers] = None) -> Any:
     """A copy of `obj` (tensors in nested dicts, lists and tuples, and plain values) that training cannot change
-    any more: CPU tensors cloned, CUDA tensors copied asynchronously into `buffers` (pinned, reused)."""
+    any more, which ``torch.save`` writes to the same bytes as `obj`: each storage is copied once (tensors that
+    share one still do, views keep their offsets and strides) and a state dict keeps its ``_metadata``. CPU
+    storages are cloned; CUDA ones are copied asynchronously into `buffers` (pinned, reused) when given."""
+    return _copy(obj, buffers, (), {})
+
+
+def _copy(obj: Any, buffers: Optional[_HostBuffers], key: Tuple, storages: Dict[Tuple, Any]) -> Any:
     if torch.is_tensor(obj):
-        if obj.is_cuda and buffers is not None:
-            return buffers.copy(obj, key)
-        return obj.detach().clone() if obj.device.type == "cpu" else obj.detach().to("cpu", copy=True)
+        t = obj.detach()
+        if t.layout != torch.strided:  # sparse and other layouts: no storage to share
+            return t.clone() if t.device.type == "cpu" else t.to("cpu", copy=True)
+        storage = t.untyped_storage()
+        skey = (t.device, storage.data_ptr(), storage.nbytes())
+        copy = storages.get(skey) if storage.nbytes() else None
+        if copy is None:
+            if t.is_cuda and buffers is not None:
+                copy = buffers.copy(storage, t.device, key)
+            else:
+                copy = storage.clone() if t.device.type == "cpu" else storage.cpu()
+            storages[skey] = copy
+        return torch.empty(0, dtype=t.dtype).set_(copy, t.storage_offset(), t.size(), t.stride())
     if isinstance(obj, dict):
-        return type(obj)((k, host_copy(v, buffers, key + (k,))) for k, v in obj.items())
+        out = type(obj)((k, _copy(v, buffers, key + (k,), storages)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):  # a state dict's module versions (load_state_dict reads them)
+            out._metadata = copy_module.deepcopy(obj._metadata)
+        return out
     if isinstance(obj, (list, tuple)):
-        items = [host_copy(v, buffers, key + (i,)) for i, v in enumerate(obj)]
+        items = [_copy(v, buffers, key + (i,), storages) for i, v in enumerate(obj)]
         if isinstance(obj, list):
             return items
         return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
@@ -87,15 +107,11 @@ class BackgroundWriter(Callback):
             self._run(lambda: files.atomic_save(state, path), path, then)
             self.check()
             return
+        copy, copied = host_copy(state, self._buffers), None
         if torch.cuda.is_available() and _has_cuda_tensor(state):
-            copy, done = host_copy(state, self._buffers), torch.cuda.Event()
-            done.record()
-            job = lambda: (done.synchronize(), files.atomic_save(copy, path))  # noqa: E731
-        else:
-            buf = io.BytesIO()
-            torch.save(state, buf)
-            data = buf.getvalue()
-            job = lambda: files.atomic_write_bytes(data, path)  # noqa: E731
+            copied = torch.cuda.Event()
+            copied.record()  # after the copies queued on the current stream
+        job = lambda: files.atomic_write_bytes(_serialised(copy, copied), path)  # noqa: E731
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._serve, name="snapfit writer", daemon=True)
             self._thread.start()
@@ -147,6 +163,15 @@ class BackgroundWriter(Callback):
 
     def cleanup_fit(self, learn) -> None:
         self.wait()
+
+
+def _serialised(state: Any, copied: Optional["torch.cuda.Event"]) -> memoryview:
+    """`state` as the bytes ``torch.save`` writes, once its asynchronous copy (`copied`) is complete."""
+    if copied is not None:
+        copied.synchronize()
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getbuffer()
 
 
 def _has_cuda_tensor(obj: Any) -> bool:

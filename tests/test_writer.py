@@ -2,6 +2,7 @@
 one write in flight, a failed write surfacing in the training thread naming the file, and files in place when
 fit returns."""
 import errno
+import io
 import threading
 import time
 
@@ -83,3 +84,40 @@ def test_writer_without_background(tmp_path):
     wr = BackgroundWriter(enabled=False)
     wr.write({"a": torch.zeros(2)}, tmp_path / "x.pt")
     assert (tmp_path / "x.pt").is_file() and not wr.pending
+
+
+class TiedModel(torch.nn.Module):
+    """An embedding whose weight the decoder shares, and a BatchNorm (its state dict carries versions)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(5, 3)
+        self.bn = torch.nn.BatchNorm1d(3)
+        self.dec = torch.nn.Linear(3, 5, bias=False)
+        self.dec.weight = self.emb.weight
+
+
+def test_a_background_file_is_the_bytes_of_torch_save(tmp_path):
+    torch.manual_seed(0)
+    state = TiedModel().state_dict()
+    base = torch.arange(12.0)
+    state.update(view=base[3:7], strided=base.view(3, 4).t(), whole=base, empty=torch.empty(0))
+    wr = BackgroundWriter()
+    wr.write(state, tmp_path / "bg.pt")
+    wr.wait()
+    ref = io.BytesIO()
+    torch.save(state, ref)
+    assert (tmp_path / "bg.pt").read_bytes() == ref.getvalue()
+    back = torch.load(tmp_path / "bg.pt", weights_only=True)
+    assert back["emb.weight"].untyped_storage().data_ptr() == back["dec.weight"].untyped_storage().data_ptr()
+    assert back._metadata["bn"]["version"] == 2, "module versions kept (load_state_dict reads them)"
+    assert back["strided"].stride() == (1, 4) and torch.equal(back["view"], torch.tensor([3.0, 4, 5, 6]))
+
+
+def test_the_copy_keeps_sharing_and_is_independent():
+    base = torch.arange(6.0)
+    copy = host_copy({"a": base, "b": base[2:4]})
+    assert copy["a"].untyped_storage().data_ptr() == copy["b"].untyped_storage().data_ptr()
+    assert copy["a"].untyped_storage().data_ptr() != base.untyped_storage().data_ptr()
+    base.zero_()
+    assert torch.equal(copy["b"], torch.tensor([2.0, 3.0]))
