@@ -30,7 +30,7 @@ import copy
 import numbers
 import sys
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 
@@ -42,7 +42,8 @@ from .position import Position
 from .rng import get_rng_states, set_rng_states
 
 __all__ = ["FORMAT", "VERSION", "read_checkpoint", "checkpoint_to_resume", "saved_fit_args", "checkpoint_state",
-           "resume_fit", "Resume", "callback_states", "data_order", "preserved_state"]
+           "resume_fit", "Resume", "callback_states", "data_order", "preserved_state", "ListPacker", "pack_lists",
+           "unpack_lists"]
 
 FORMAT = "snapfit.checkpoint"
 VERSION = 2  # 2: the position has a stage; 1: the position was the next batch to run
@@ -141,22 +142,67 @@ def pack_lists(obj: Any) -> Any:
     """`obj` with every long list of numbers (1-d, or rectangular 2-d; None allowed) stored as one float64 tensor
     marked for `unpack_lists`: a history of thousands of values pickles (and loads) as one tensor, not as
     thousands of Python objects."""
-    if isinstance(obj, dict):
-        return {k: pack_lists(v) for k, v in obj.items()}
-    if isinstance(obj, list) and len(obj) >= 8:
-        rows = obj if all(isinstance(r, list) for r in obj) else None
-        if rows is not None and len({len(r) for r in rows}) == 1 and all(_numbers(v) for r in rows for v in r):
-            flat = [float("nan") if v is None else v for r in rows for v in r]
-            t = torch.tensor(flat, dtype=torch.float64).reshape(len(rows), len(rows[0]))
-        elif rows is None and all(_numbers(v) for v in obj):
-            t = torch.tensor([float("nan") if v is None else v for v in obj], dtype=torch.float64)
-        else:
-            return [pack_lists(v) for v in obj]
-        kinds = {type(v).__name__ for v in (obj if rows is None else (v for r in rows for v in r))}
-        return {_PACKED: t, "kinds": sorted(kinds)}
-    if isinstance(obj, list):
-        return [pack_lists(v) for v in obj]
-    return obj
+    return ListPacker()(obj)
+
+
+class ListPacker:
+    """`pack_lists` that remembers what it packed: when a list it packed before still starts with the same values
+    (checked in C, by identity, against a copy) only what was appended since is converted, so a checkpoint
+    costs the values added since the last one, not a pass of Python over the whole history."""
+
+    def __init__(self):
+        self._done: Dict[int, Tuple[list, list, torch.Tensor, frozenset]] = {}  # id -> (list, values, tensor, kinds)
+        self._seen: Dict[int, Tuple[list, list, torch.Tensor, frozenset]] = {}
+
+    def __call__(self, obj: Any) -> Any:
+        """`obj` packed (see `pack_lists`)."""
+        self._seen = {}
+        try:
+            return self._pack(obj)
+        finally:
+            self._done = self._seen  # forget lists that are gone (and never match a reused id)
+
+    def _pack(self, obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {k: self._pack(v) for k, v in obj.items()}
+        if not isinstance(obj, list):
+            return obj
+        if len(obj) >= 8:
+            done = self._done.get(id(obj))
+            if done is not None and done[0] is obj and obj[:len(done[1])] == done[1]:
+                _, values, head, kinds = done
+            else:
+                values, head, kinds = [], None, frozenset()
+            new = obj[len(values):]
+            tail = _packed_numbers(new, None if head is None else tuple(head.shape[1:])) if new else None
+            if new and tail is None:
+                return [self._pack(v) for v in obj]
+            if tail is not None:
+                head = tail[0] if head is None else torch.cat([head, tail[0]])
+                kinds = kinds | tail[1]
+                values = values + [list(r) if isinstance(r, list) else r for r in new]  # rows copied: compared later
+            self._seen[id(obj)] = (obj, values, head, kinds)
+            return {_PACKED: head, "kinds": sorted(kinds)}
+        return [self._pack(v) for v in obj]
+
+
+def _packed_numbers(items: list, row_shape: Optional[Tuple[int, ...]]) -> Optional[Tuple[torch.Tensor, frozenset]]:
+    """`items`, numbers or None (`row_shape` ``()``) or rows of as many of them (``(width,)``; None: whichever
+    they are), as a float64 tensor (None as NaN) and the type names seen; None when they are not such a list."""
+    as_rows = all(isinstance(r, list) for r in items) if row_shape is None else len(row_shape) == 1
+    if as_rows:
+        widths = {len(r) for r in items} if all(isinstance(r, list) for r in items) else {-1}
+        width = row_shape[0] if row_shape else (next(iter(widths)) if len(widths) == 1 else -1)
+        if width < 0 or widths - {width} or not all(_numbers(v) for r in items for v in r):
+            return None
+        flat = [v for r in items for v in r]
+        shape: Tuple[int, ...] = (len(items), width)
+    else:
+        if not all(_numbers(v) for v in items):
+            return None
+        flat, shape = items, (len(items),)
+    t = torch.tensor([float("nan") if v is None else v for v in flat], dtype=torch.float64).reshape(shape)
+    return t, frozenset(type(v).__name__ for v in flat)
 
 
 def unpack_lists(obj: Any) -> Any:
@@ -180,12 +226,14 @@ def unpack_lists(obj: Any) -> Any:
     return obj
 
 
-def checkpoint_state(learn, rng: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """The checkpoint of the learner now (see the module docstring); `rng` defaults to the current RNG states.
+def checkpoint_state(learn, rng: Optional[Dict[str, Any]] = None,
+                     pack: Callable[[Any], Any] = pack_lists) -> Dict[str, Any]:
+    """The checkpoint of the learner now (see the module docstring); `rng` defaults to the current RNG states,
+    `pack` packs the callbacks' histories (a `ListPacker` kept between checkpoints packs only what is new).
     Under torchrun every rank must call it at the same point (the ranks' RNG states are gathered)."""
     pos = learn.position.settled()
     rngs = all_gather_object(rng if rng is not None else get_rng_states())
-    callbacks = all_gather_object(pack_lists(callback_states(learn)))
+    callbacks = all_gather_object(pack(callback_states(learn)))
     state = {
         "format": FORMAT, "version": VERSION, "torch_version": str(torch.__version__),
         "model": learn.saved_model.state_dict(),

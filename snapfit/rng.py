@@ -17,7 +17,8 @@ def get_rng_states() -> Dict[str, Any]:
     np_kind, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state(legacy=True)
     states: Dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
+        "python": {"version": py_version, "state": torch.from_numpy(np.array(py_state, dtype=np.int64)),
+                   "gauss": py_gauss},
         "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
                   "has_gauss": int(np_has_gauss), "cached": float(np_cached)},
     }

@@ -13,7 +13,7 @@ from ..checks import is_int
 from ..core import Callback
 from ..finite import NonFiniteError, raise_if_nonfinite_loss, raise_if_nonfinite_state
 from ..io import check_name
-from ..resume import checkpoint_state, read_checkpoint
+from ..resume import ListPacker, checkpoint_state, read_checkpoint
 from ..rng import get_rng_states
 
 __all__ = ["Checkpoint", "read_checkpoint"]
@@ -33,6 +33,7 @@ class Checkpoint(Callback):
         self.written: list = []
         self._at_batch_end = False
         self._train_end_rng = None
+        self._packer = ListPacker()
 
     @staticmethod
     def check_every(every) -> None:
@@ -52,6 +53,7 @@ class Checkpoint(Callback):
                 raise TypeError(f"{type(cb).__name__} has a state_dict but no state_key: give the class a stable "
                                 "state_key (e.g. state_key = 'my_callback') so checkpoints can store its state")
         self._at_batch_end, self._train_end_rng = False, None
+        self._packer = ListPacker()  # each checkpoint packs only the history added since the last one
 
     def before_train(self, learn) -> None:
         self._train_end_rng = None
@@ -106,7 +108,7 @@ class Checkpoint(Callback):
         raise_if_nonfinite_loss(learn)
         rng = self._train_end_rng if pos.stage == "validate" and not learn.training else None
         path = learn.model_file(self.ckpt_name)
-        state = checkpoint_state(learn, rng)
+        state = checkpoint_state(learn, rng, self._packer)
         raise_if_nonfinite_state(learn, {"weights": state["model"], "optimizer state": state["opt"]["state"]}, path)
         if learn.is_main_process:
             learn.writer.write(state, path)  # copied now, written in the background
