@@ -55,7 +55,7 @@ def host_copy(obj: Any, buffers: Optional[_HostBuffers] = None) -> Any:
 def _copy(obj: Any, buffers: Optional[_HostBuffers], key: Tuple, storages: Dict[Tuple, Any]) -> Any:
     if torch.is_tensor(obj):
         t = obj.detach()
-        if t.layout != torch.strided:  # sparse and other layouts: no storage to share
+        if t.layout != torch.strided or t.is_quantized:  # sparse, quantized: copied as they are
             return t.clone() if t.device.type == "cpu" else t.to("cpu", copy=True)
         storage = t.untyped_storage()
         skey = (t.device, storage.data_ptr(), storage.nbytes())

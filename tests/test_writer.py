@@ -121,3 +121,5 @@ def test_the_copy_keeps_sharing_and_is_independent():
     assert copy["a"].untyped_storage().data_ptr() != base.untyped_storage().data_ptr()
     base.zero_()
     assert torch.equal(copy["b"], torch.tensor([2.0, 3.0]))
+    sparse = torch.eye(3).to_sparse()
+    assert torch.equal(host_copy({"s": sparse})["s"].to_dense(), torch.eye(3)), "layouts without a plain storage too"
