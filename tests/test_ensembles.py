@@ -181,3 +181,22 @@ def test_predict_snapshots_with_tta(digits, tmp_path):
     # no random augmentation in these transforms: TTA passes equal the plain one (and TTA says so)
     np.testing.assert_allclose(probs, learn.predict_snapshots("s")[0], atol=1e-6)
     assert probs.shape == (50, 10) and np.array_equal(y, y_val[:50])
+
+
+def test_a_finished_fit_resumed_recomputes_swa_batchnorm(digits, tmp_path):
+    """The end of the fit writes no second checkpoint of the last epoch's end: SWA's BatchNorm statistics,
+    computed in after_fit, are computed again when the finished fit is resumed."""
+    x_trn, y_trn, x_val, y_val = digits
+    data = DataBunch.from_arrays(x_trn[:300], y_trn[:300], x_val, y_val, bs=32)
+
+    def make(seed):
+        torch.manual_seed(seed)
+        return Learner(simple_cnn(10, widths=(8, 16)), data, path=tmp_path, progress=False, device="cpu")
+
+    ref = make(0)
+    ref.fit(0.05, 3, use_swa=True, swa_start=1, checkpoint="c")
+    b = make(1)
+    b.resume("c")
+    assert any("running_mean" in k for k in ref.swa_model.state_dict())
+    for k, v in ref.swa_model.state_dict().items():
+        assert torch.equal(v, b.swa_model.state_dict()[k]), k

@@ -21,8 +21,9 @@ __all__ = ["Checkpoint", "read_checkpoint"]
 
 class Checkpoint(Callback):
     """Writes ``{path}/{model_dir}/{name}.pt`` every `every` training batches (an int), at every epoch end
-    (``'epoch'``) or cycle end (``'cycle'``), at the end of the fit, and when Ctrl-C stopped a fit at a batch
-    boundary. `write` writes one more whenever asked."""
+    (``'epoch'``) or cycle end (``'cycle'``), at the end of the fit unless the last one is of that point already
+    (what ``after_fit`` callbacks compute, such as SWA's BatchNorm statistics, is computed again when a finished
+    fit is resumed), and when Ctrl-C stopped a fit at a batch boundary. `write` writes one more whenever asked."""
 
     order = 80  # after every stateful callback (recorder 50, snapshots 70, SWA 75) has finished the event
 
@@ -34,6 +35,7 @@ class Checkpoint(Callback):
         self._at_batch_end = False
         self._train_end_rng = None
         self._packer = ListPacker()
+        self._written_at = None  # the position (settled) the last checkpoint continues from
 
     @staticmethod
     def check_every(every) -> None:
@@ -54,6 +56,7 @@ class Checkpoint(Callback):
                                 "state_key (e.g. state_key = 'my_callback') so checkpoints can store its state")
         self._at_batch_end, self._train_end_rng = False, None
         self._packer = ListPacker()  # each checkpoint packs only the history added since the last one
+        self._written_at = None
 
     def before_train(self, learn) -> None:
         self._train_end_rng = None
@@ -78,7 +81,8 @@ class Checkpoint(Callback):
             self.write(learn)
 
     def after_fit(self, learn) -> None:
-        self.write(learn)
+        if self._written_at != learn.position.settled():  # the last checkpoint may already be of this very point
+            self.write(learn)
 
     def cleanup_fit(self, learn) -> None:
         if not learn.interrupted:
@@ -113,4 +117,5 @@ class Checkpoint(Callback):
         if learn.is_main_process:
             learn.writer.write(state, path)  # copied now, written in the background
         self.written.append((pos.iters_done, path))
+        self._written_at = pos.settled()
         return path

@@ -15,6 +15,7 @@ from torch import nn
 from ..batchnorm import update_bn
 from ..checks import check_int
 from ..core import Callback
+from ..data.core import epoch_batches
 
 __all__ = ["SWA", "update_bn"]
 
@@ -57,7 +58,9 @@ class SWA(Callback):
 
     def after_fit(self, learn) -> None:
         if self.update_bn and self.n_averaged:
-            update_bn(self.swa_model, learn.data.train_dl, lambda b: learn.to_device(b)[0])
+            # one pass in the order of the fit's last epoch: the same again when a finished fit is resumed
+            batches = epoch_batches(learn.data.train_dl, max(learn.position.epochs_done - 1, 0))
+            update_bn(self.swa_model, batches, lambda b: learn.to_device(b)[0])
 
     def state_dict(self) -> Dict[str, Any]:
         """The averaged weights and the count (for checkpoints)."""
