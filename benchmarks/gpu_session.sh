@@ -13,7 +13,7 @@ step() {
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1; cat "$OUT/gpu.txt"
 python3 -c "import torch, torchvision, sys; print(sys.version.split()[0], torch.__version__, torchvision.__version__, torch.cuda.get_device_name())" | tee "$OUT/versions.txt"
-step cuda_tests 150 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_scale.py -rs
+step cuda_tests 150 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_scale.py tests/test_writer.py tests/test_course_learners.py -rs
 step overhead_cuda 150 python3 benchmarks/overhead.py --reps 5 --epochs 2
 step lars_overhead_cuda 60 python3 benchmarks/lars_overhead.py --reps 5 --batches 20 --bs 64
 step lars_overhead_cuda_big 90 python3 benchmarks/lars_overhead.py --reps 5 --batches 10 --bs 256 --sz 96

@@ -361,6 +361,7 @@ def test_a_metric_converting_device_tensors_to_numpy_is_recognised_and_cpu_error
         learn.fit(1e-2, 1)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_planet_f2_runs_on_cuda_with_host_copies(planet, tmp_path):
     data = planet_data(planet, sz=16)

@@ -123,3 +123,29 @@ def test_the_copy_keeps_sharing_and_is_independent():
     assert torch.equal(copy["b"], torch.tensor([2.0, 3.0]))
     sparse = torch.eye(3).to_sparse()
     assert torch.equal(host_copy({"s": sparse})["s"].to_dense(), torch.eye(3)), "layouts without a plain storage too"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_cuda_state_is_written_from_pinned_copies_taken_at_the_handover(tmp_path):
+    torch.manual_seed(0)
+    state = TiedModel().cuda().state_dict()
+    base = torch.arange(12.0, device="cuda")
+    state.update(view=base[3:7], strided=base.view(3, 4).t())
+
+    def on_cpu_bytes(s):  # what torch.save gives for the state moved to the host (sharing and metadata kept)
+        buf = io.BytesIO()
+        torch.save(s, buf)
+        host, out = torch.load(io.BytesIO(buf.getvalue()), map_location="cpu", weights_only=True), io.BytesIO()
+        torch.save(host, out)
+        return out.getvalue()
+
+    wr = BackgroundWriter()
+    for i in range(2):  # the second write reuses the pinned buffers
+        expected = on_cpu_bytes(state)
+        wr.write(state, tmp_path / f"w{i}.pt")
+        for t in state.values():
+            if t.is_floating_point():
+                t.add_(1)  # queued after the copies: not in the file
+        wr.wait()
+        assert (tmp_path / f"w{i}.pt").read_bytes() == expected
