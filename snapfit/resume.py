@@ -168,7 +168,7 @@ class ListPacker:
         if not isinstance(obj, list):
             return obj
         if len(obj) >= 8:
-            done = self._done.get(id(obj))
+            done = self._seen.get(id(obj)) or self._done.get(id(obj))  # seen: the same list twice in `obj`
             if done is not None and done[0] is obj and obj[:len(done[1])] == done[1]:
                 _, values, head, kinds = done
             else:
@@ -180,7 +180,7 @@ class ListPacker:
             if tail is not None:
                 head = tail[0] if head is None else torch.cat([head, tail[0]])
                 kinds = kinds | tail[1]
-                values = values + [list(r) if isinstance(r, list) else r for r in new]  # rows copied: compared later
+                values.extend(list(r) if isinstance(r, list) else r for r in new)  # rows copied: compared later
             self._seen[id(obj)] = (obj, values, head, kinds)
             return {_PACKED: head, "kinds": sorted(kinds)}
         return [self._pack(v) for v in obj]

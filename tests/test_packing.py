@@ -62,3 +62,11 @@ def test_a_list_changed_in_place_is_packed_again(change):
     packed = packer(h)
     assert same(packed, pack_lists(h))
     assert unpack_lists(packed) == h
+
+
+def test_the_same_list_twice_packs_the_same():
+    packer, losses = ListPacker(), [float(i) for i in range(10)]
+    packer({"a": losses, "b": losses})
+    losses.append(10.0)
+    packed = packer({"a": losses, "b": losses})
+    assert same(packed["a"], packed["b"]) and packed["b"]["snapfit.packed_list"].numel() == 11
