@@ -148,14 +148,19 @@ def test_swa_callback_matches_torch_averaged_model(digits, tmp_path):
         torch.testing.assert_close(v, ref2.avg.module.state_dict()[k], rtol=1e-6, atol=1e-6)
 
 
-def test_swa_survives_a_resume(digits, tmp_path):
+def small_cnn_learners(digits, tmp_path):
+    """`make(seed)`: a fresh learner (a small CNN seeded with `seed`) on 300 training digits."""
     x_trn, y_trn, x_val, y_val = digits
     data = DataBunch.from_arrays(x_trn[:300], y_trn[:300], x_val, y_val, bs=32)
 
     def make(seed):
         torch.manual_seed(seed)
         return Learner(simple_cnn(10, widths=(8, 16)), data, path=tmp_path, progress=False, device="cpu")
+    return make
 
+
+def test_swa_survives_a_resume(digits, tmp_path):
+    make = small_cnn_learners(digits, tmp_path)
     ref = make(0)
     ref.fit(0.05, 4, use_swa=True, swa_start=2)
 
@@ -186,13 +191,7 @@ def test_predict_snapshots_with_tta(digits, tmp_path):
 def test_a_finished_fit_resumed_recomputes_swa_batchnorm(digits, tmp_path):
     """The end of the fit writes no second checkpoint of the last epoch's end: SWA's BatchNorm statistics,
     computed in after_fit, are computed again when the finished fit is resumed."""
-    x_trn, y_trn, x_val, y_val = digits
-    data = DataBunch.from_arrays(x_trn[:300], y_trn[:300], x_val, y_val, bs=32)
-
-    def make(seed):
-        torch.manual_seed(seed)
-        return Learner(simple_cnn(10, widths=(8, 16)), data, path=tmp_path, progress=False, device="cpu")
-
+    make = small_cnn_learners(digits, tmp_path)
     ref = make(0)
     ref.fit(0.05, 3, use_swa=True, swa_start=1, checkpoint="c")
     b = make(1)
