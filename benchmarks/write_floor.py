@@ -19,6 +19,7 @@ import argparse
 import io
 import os
 import queue
+import shutil
 import statistics
 import subprocess
 import sys
@@ -114,6 +115,7 @@ def main():
             ratios[k].append(fit(w) / base[-1])
     child.stdin.close()
     child.wait()
+    shutil.rmtree(folder, ignore_errors=True)
     print(f"{a.reps} paired reps of {a.epochs} epochs, {a.threads} thread(s), plain loop "
           f"{statistics.median(base) * 1e3:.1f} ms/epoch; a {len(payload) / 1e3:.0f} kB snapshot and its sidecar "
           "written per epoch")
