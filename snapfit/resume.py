@@ -189,9 +189,11 @@ class ListPacker:
 def _packed_numbers(items: list, row_shape: Optional[Tuple[int, ...]]) -> Optional[Tuple[torch.Tensor, frozenset]]:
     """`items`, numbers or None (`row_shape` ``()``) or rows of as many of them (``(width,)``; None: whichever
     they are), as a float64 tensor (None as NaN) and the type names seen; None when they are not such a list."""
-    as_rows = all(isinstance(r, list) for r in items) if row_shape is None else len(row_shape) == 1
-    if as_rows:
-        widths = {len(r) for r in items} if all(isinstance(r, list) for r in items) else {-1}
+    all_lists = all(isinstance(r, list) for r in items)
+    if (all_lists if row_shape is None else len(row_shape) == 1):
+        if not all_lists:
+            return None
+        widths = {len(r) for r in items}
         width = row_shape[0] if row_shape else (next(iter(widths)) if len(widths) == 1 else -1)
         if width < 0 or widths - {width} or not all(_numbers(v) for r in items for v in r):
             return None
