@@ -58,9 +58,15 @@ def _copy(obj: Any, buffers: Optional[_HostBuffers], key: Tuple, storages: Dict[
         if t.layout != torch.strided or t.is_quantized:  # sparse, quantized: copied as they are
             return t.clone() if t.device.type == "cpu" else t.to("cpu", copy=True)
         storage = t.untyped_storage()
-        skey = (t.device, storage.data_ptr(), storage.nbytes())
-        copy = storages.get(skey) if storage.nbytes() else None
+        nbytes = storage.nbytes()
+        skey = (t.device, storage.data_ptr(), nbytes)
+        copy = storages.get(skey) if nbytes else None
         if copy is None:
+            if t.device.type == "cpu" and nbytes and t.storage_offset() == 0 and t.is_contiguous() \
+                    and t.numel() * t.element_size() == nbytes:  # the common case: one clone does it all
+                out = t.clone()
+                storages[skey] = out.untyped_storage()
+                return out
             if t.is_cuda and buffers is not None:
                 copy = buffers.copy(storage, t.device, key)
             else:
@@ -70,7 +76,7 @@ def _copy(obj: Any, buffers: Optional[_HostBuffers], key: Tuple, storages: Dict[
     if isinstance(obj, dict):
         out = type(obj)((k, _copy(v, buffers, key + (k,), storages)) for k, v in obj.items())
         if hasattr(obj, "_metadata"):  # a state dict's module versions (load_state_dict reads them)
-            out._metadata = copy_module.deepcopy(obj._metadata)
+            out._metadata = copy_module.copy(obj._metadata)  # built afresh by state_dict(): not changed by training
         return out
     if isinstance(obj, (list, tuple)):
         items = [_copy(v, buffers, key + (i,), storages) for i, v in enumerate(obj)]

@@ -101,7 +101,9 @@ def test_a_background_file_is_the_bytes_of_torch_save(tmp_path):
     torch.manual_seed(0)
     state = TiedModel().state_dict()
     base = torch.arange(12.0)
-    state.update(view=base[3:7], strided=base.view(3, 4).t(), whole=base, empty=torch.empty(0))
+    state.update(view=base[3:7], strided=base.view(3, 4).t(), whole=base, empty=torch.empty(0),
+                 odd_strides=torch.arange(3.0).as_strided((3, 1), (1, 7)),  # contiguous, unusual strides kept
+                 channels_last=torch.arange(24.0).view(1, 2, 3, 4).contiguous(memory_format=torch.channels_last))
     wr = BackgroundWriter()
     wr.write(state, tmp_path / "bg.pt")
     wr.wait()
@@ -112,6 +114,8 @@ def test_a_background_file_is_the_bytes_of_torch_save(tmp_path):
     assert back["emb.weight"].untyped_storage().data_ptr() == back["dec.weight"].untyped_storage().data_ptr()
     assert back._metadata["bn"]["version"] == 2, "module versions kept (load_state_dict reads them)"
     assert back["strided"].stride() == (1, 4) and torch.equal(back["view"], torch.tensor([3.0, 4, 5, 6]))
+    assert back["odd_strides"].stride() == (1, 7)
+    assert back["channels_last"].is_contiguous(memory_format=torch.channels_last)
 
 
 def test_the_copy_keeps_sharing_and_is_independent():
