@@ -14,8 +14,15 @@ each atomically (temp file, fsync, rename, fsync of the folder: `snapfit.io.atom
 
 Each rep runs the loop without writes and with them back to back (A B A B ...); the figure is the median of the
 reps' ratios. What remains in the process column is the operating system's and the machine's cost of making
-the files durable, which no scheduling inside the training process can remove."""
+the files durable, which no scheduling inside the training process can remove.
+
+A second table splits `learn.fit`'s own snapshot per epoch (one-epoch cycles, as in `overhead.py`) into its
+parts, each side over `learn.fit` without snapshots: the whole snapshot; without the file writes (the
+serialisation stays: `torch.save` in the writer thread); without serialisation or writes (what is left is the
+loop side: state dict, NaN/inf check, copy, handover, and the end-of-fit wait). Differences between rows are
+what each part costs; serialisation holds the GIL, so a thread cannot overlap it with a Python training loop."""
 import argparse
+import contextlib
 import io
 import os
 import queue
@@ -28,12 +35,14 @@ import threading
 import time
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from overhead import plain_fit, workload  # noqa: E402
+from overhead import accuracy, plain_fit, workload  # noqa: E402
 
+from snapfit import Learner, mlp  # noqa: E402
 from snapfit import io as sio  # noqa: E402
-from snapfit import mlp  # noqa: E402
+from snapfit import writer as swriter  # noqa: E402
 
 CHILD = """
 import os, sys
@@ -125,6 +134,47 @@ def main():
     print("|---|---|")
     for k, v in ratios.items():
         print(f"| {k} | {statistics.median(v):.3f} |")
+    parts(a, data, make, dev)
+
+
+def parts(a, data, make, dev):
+    """Print what each part of `learn.fit`'s snapshot per epoch costs (the second table)."""
+    torch.manual_seed(0)
+    folder = tempfile.mkdtemp()
+    learn = Learner(make(), data, loss_func=F.cross_entropy, metrics=[accuracy], path=folder, device=dev,
+                    opt_func=lambda ps: torch.optim.SGD(ps, momentum=0.9))
+    write, serialise, sink = sio.atomic_write_bytes, swriter._serialised, io.StringIO()
+
+    def fit(side):
+        # every file snapfit writes goes through snapfit.io.atomic_write_bytes; the writer serialises in
+        # snapfit.writer._serialised (private: replaced here only to take its cost out)
+        sio.atomic_write_bytes = _noop if side in ("no writes", "loop side") else write
+        swriter._serialised = (lambda state, copied: b"") if side == "loop side" else serialise
+        kw = {} if side == "fit" else {"cycle_save_name": "snap"}
+        try:
+            t = time.perf_counter()
+            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+                learn.fit(0.05, a.epochs, cycle_len=1, warmup=False, **kw)
+            return time.perf_counter() - t
+        finally:
+            sio.atomic_write_bytes, swriter._serialised = write, serialise
+
+    sides = {"fit": [], "fit + snapshot": [], "no writes": [], "loop side": []}
+    for k in sides:
+        fit(k)  # warm-up
+    for _ in range(a.reps):
+        for k, v in sides.items():
+            v.append(fit(k))
+    shutil.rmtree(folder, ignore_errors=True)
+    labels = {"fit + snapshot": "the whole snapshot (state dict, NaN/inf check, copy, serialise, two files)",
+              "no writes": "less the file writes (serialisation in the writer thread stays)",
+              "loop side": "less serialisation too (state dict, NaN/inf check, copy, handover, end-of-fit wait)"}
+    print(f"\nlearn.fit with a snapshot per epoch over learn.fit without ({a.reps} paired reps of {a.epochs} epochs, "
+          f"fit {statistics.median(sides['fit']) / a.epochs * 1e3:.1f} ms/epoch)")
+    print("| snapshot | fit with it / fit (median of paired ratios) |")
+    print("|---|---|")
+    for k, label in labels.items():
+        print(f"| {label} | {statistics.median(x / y for x, y in zip(sides[k], sides['fit'])):.3f} |")
 
 
 def _noop(data, path):
