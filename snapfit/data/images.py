@@ -71,21 +71,32 @@ def label_tensor(labels) -> torch.Tensor:
     raise ValueError(f"labels must be class indices (ints) or float targets, got an array of {a.dtype}")
 
 
-def _denorm(tfm, x) -> np.ndarray:
-    """Images `x` (a batch ``(N, C, H, W)`` or one ``(C, H, W)``) with the normalisation of `tfm` undone and the
-    channels last, as NumPy floats in [0, 1]: for plotting."""
-    t = torch.as_tensor(x).detach().cpu().float()
-    norm = [m for m in getattr(tfm, "transforms", [tfm]) if type(m).__name__ == "Normalize"]
-    if norm:
-        mean, std = (torch.tensor(v, dtype=torch.float32) for v in (norm[-1].mean, norm[-1].std))
-        shape = [-1, 1, 1]
-        t = t * std.view(shape) + mean.view(shape)
-    elif t.max() > 1.5:  # uint8 images
-        t = t / 255
-    return t.movedim(-3, -1).clamp(0, 1).numpy()
+class _LabelledImages(Dataset):
+    """What both image datasets share: `labels` (a tensor) and `tfm`, seen as fastai 0.7's `y` and `denorm`."""
+
+    labels: torch.Tensor
+    tfm: Optional[Callable]
+
+    @property
+    def y(self) -> np.ndarray:
+        """The labels as a NumPy array (class indices, n-hot rows or regression targets)."""
+        return self.labels.numpy()
+
+    def denorm(self, x) -> np.ndarray:
+        """Images `x` (a batch ``(N, C, H, W)`` or one ``(C, H, W)``) with this dataset's normalisation undone and
+        the channels last, as NumPy floats in [0, 1]: for plotting."""
+        t = torch.as_tensor(x).detach().cpu().float()
+        norm = [m for m in getattr(self.tfm, "transforms", [self.tfm]) if type(m).__name__ == "Normalize"]
+        if norm:
+            mean, std = (torch.tensor(v, dtype=torch.float32) for v in (norm[-1].mean, norm[-1].std))
+            shape = [-1, 1, 1]
+            t = t * std.view(shape) + mean.view(shape)
+        elif t.max() > 1.5:  # uint8 images
+            t = t / 255
+        return t.movedim(-3, -1).clamp(0, 1).numpy()
 
 
-class ImageFileDataset(Dataset):
+class ImageFileDataset(_LabelledImages):
     """``(transformed image, label)`` for a list of image files; an unreadable file raises
     `ImageLoadError` naming it."""
 
@@ -102,15 +113,6 @@ class ImageFileDataset(Dataset):
         """The image files, relative to the data's `path` (fastai 0.7's `fnames`)."""
         return [str(f.relative_to(self.root)) if self.root is not None and f.is_relative_to(self.root) else str(f)
                 for f in self.files]
-
-    @property
-    def y(self) -> np.ndarray:
-        """The labels as a NumPy array (class indices, n-hot rows or regression targets)."""
-        return self.labels.numpy()
-
-    def denorm(self, x) -> np.ndarray:
-        """Undo this dataset's normalisation on images `x`, channels last (for plotting)."""
-        return _denorm(self.tfm, x)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -142,7 +144,7 @@ def _to_chw(img) -> torch.Tensor:
     return v2.functional.to_image(img)
 
 
-class ImageArrayDataset(Dataset):
+class ImageArrayDataset(_LabelledImages):
     """``(transformed image, label)`` over an in-memory array of images: uint8 or [0, 1] floats,
     shaped (N, H, W), (N, H, W, C) or (N, C, H, W); grey images are repeated to 3 channels."""
 
@@ -154,11 +156,6 @@ class ImageArrayDataset(Dataset):
         self.tfm = tfm
 
     fnames: List[str] = []  # in memory: no files
-    y = property(lambda self: self.labels.numpy(), doc="The labels as a NumPy array.")
-
-    def denorm(self, x) -> np.ndarray:
-        """Undo this dataset's normalisation on images `x`, channels last (for plotting)."""
-        return _denorm(self.tfm, x)
 
     def __len__(self) -> int:
         return len(self.x)
