@@ -193,14 +193,10 @@ class ConvLearner(Learner):
             raise ValueError(f"set_data needs data of the same kind and number of classes as the head "
                              f"(c={old.c}), got c={getattr(data, 'c', None)}: build a new learner for other classes "
                              "(ConvLearner.pretrained(arch, data)), or load these weights into it")
-        pre = self._precompute
-        if pre:
-            self.precompute = False
-        super().set_data(data)
-        self.image_data = self.data
-        self.freeze()
-        if pre:
-            self.precompute = True
+        with self._on_images():  # precompute, if on, comes back with the new images' activations
+            super().set_data(data)
+            self.image_data = self.data
+            self.freeze()
 
     # ------------------------------------------------------------------ weights
     @property
