@@ -39,16 +39,11 @@ class LogProbNLLLoss(nn.NLLLoss):
 
 
 def default_loss(data) -> nn.Module:
-    """The loss fastai 0.7 gave a custom model on `data`: L1 for regression (``data.is_reg``), binary
-    cross-entropy for multi-label (``data.is_multi``, a model ending in a sigmoid), `LogProbNLLLoss` for classes
-    (a model ending in log_softmax); other data keeps its own ``data.loss_func``."""
-    if getattr(data, "is_reg", False):
-        return nn.L1Loss()
-    if getattr(data, "is_multi", False):
-        return nn.BCELoss()
-    if isinstance(getattr(data, "loss_func", None), nn.CrossEntropyLoss):
-        return LogProbNLLLoss()
-    return getattr(data, "loss_func", None)
+    """The loss fastai 0.7 gave a custom model on `data`: the data's own ``data.loss_func`` (image data picks L1
+    for regression, binary cross-entropy for multi-label), except that cross-entropy becomes `LogProbNLLLoss`
+    (fastai 0.7's course models end in log_softmax)."""
+    loss = getattr(data, "loss_func", None)
+    return LogProbNLLLoss() if isinstance(loss, nn.CrossEntropyLoss) else loss
 
 
 def from_model_data(cls, model: nn.Module, data, **kwargs):
