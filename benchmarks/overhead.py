@@ -76,17 +76,27 @@ def workload(name, bs, dev):
     return data, lambda: torchvision.models.resnet18(num_classes=10)
 
 
+def make_learner(model, data, dev, path):
+    """The learner the benchmarks time: SGD (momentum 0.9), cross-entropy, accuracy, files under `path`."""
+    return Learner(model, data, loss_func=F.cross_entropy, metrics=[accuracy], path=path, device=dev,
+                   opt_func=lambda ps: torch.optim.SGD(ps, momentum=0.9))
+
+
+def quiet_fit(learn, epochs, **kw):
+    """``learn.fit`` with the plain side's schedule (one-epoch cosine cycles, no warm-up), its output discarded."""
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        learn.fit(0.05, epochs, cycle_len=1, warmup=False, **kw)
+
+
 def bench(name, bs, reps, epochs, dev, tmp):
     data, make = workload(name, bs, dev)
     torch.manual_seed(0)
     model = make().to(dev)
-    learn = Learner(model, data, loss_func=F.cross_entropy, metrics=[accuracy], path=tmp, device=dev,
-                    opt_func=lambda ps: torch.optim.SGD(ps, momentum=0.9))
-    sink = io.StringIO()
+    learn = make_learner(model, data, dev, tmp)
 
     def fit(**kw):
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            learn.fit(0.05, epochs, cycle_len=1, warmup=False, **kw)
+        quiet_fit(learn, epochs, **kw)
 
     sides = {"plain loop": lambda: plain_fit(model, data, 0.05, epochs, 1, dev), "learn.fit": fit,
              "learn.fit + snapshots": lambda: fit(cycle_save_name="snap"),

@@ -22,7 +22,6 @@ serialisation stays: `torch.save` in the writer thread); without serialisation o
 loop side: state dict, NaN/inf check, copy, handover, and the end-of-fit wait). Differences between rows are
 what each part costs; serialisation holds the GIL, so a thread cannot overlap it with a Python training loop."""
 import argparse
-import contextlib
 import io
 import os
 import queue
@@ -35,13 +34,12 @@ import threading
 import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from overhead import accuracy, plain_fit, workload  # noqa: E402
+from overhead import make_learner, plain_fit, quiet_fit, workload  # noqa: E402
 
-from snapfit import Learner, mlp  # noqa: E402
 from snapfit import io as sio  # noqa: E402
+from snapfit import mlp  # noqa: E402
 from snapfit import writer as swriter  # noqa: E402
 
 CHILD = """
@@ -141,9 +139,8 @@ def parts(a, data, make, dev):
     """Print what each part of `learn.fit`'s snapshot per epoch costs (the second table)."""
     torch.manual_seed(0)
     folder = tempfile.mkdtemp()
-    learn = Learner(make(), data, loss_func=F.cross_entropy, metrics=[accuracy], path=folder, device=dev,
-                    opt_func=lambda ps: torch.optim.SGD(ps, momentum=0.9))
-    write, serialise, sink = sio.atomic_write_bytes, swriter._serialised, io.StringIO()
+    learn = make_learner(make(), data, dev, folder)
+    write, serialise = sio.atomic_write_bytes, swriter._serialised
 
     def fit(side):
         # every file snapfit writes goes through snapfit.io.atomic_write_bytes; the writer serialises in
@@ -153,8 +150,7 @@ def parts(a, data, make, dev):
         kw = {} if side == "fit" else {"cycle_save_name": "snap"}
         try:
             t = time.perf_counter()
-            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-                learn.fit(0.05, a.epochs, cycle_len=1, warmup=False, **kw)
+            quiet_fit(learn, a.epochs, **kw)
             return time.perf_counter() - t
         finally:
             sio.atomic_write_bytes, swriter._serialised = write, serialise
