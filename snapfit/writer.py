@@ -34,8 +34,10 @@ class _HostBuffers:
 
     def __init__(self):
         self.buffers: Dict[Tuple, torch.Tensor] = {}
+        self.queued = 0  # asynchronous copies queued so far (an event must follow new ones)
 
     def copy(self, storage: torch.UntypedStorage, device: torch.device, key: Tuple) -> torch.UntypedStorage:
+        self.queued += 1
         k = (key, storage.nbytes())
         buf = self.buffers.get(k)
         if buf is None:
@@ -113,8 +115,9 @@ class BackgroundWriter(Callback):
             self._run(lambda: files.atomic_save(state, path), path, then)
             self.check()
             return
+        queued = self._buffers.queued
         copy, copied = host_copy(state, self._buffers), None
-        if torch.cuda.is_available() and _has_cuda_tensor(state):
+        if self._buffers.queued != queued:  # CUDA storages copied asynchronously into pinned buffers
             copied = torch.cuda.Event()
             copied.record()  # after the copies queued on the current stream
         job = lambda: files.atomic_write_bytes(_serialised(copy, copied), path)  # noqa: E731
@@ -179,12 +182,3 @@ def _serialised(state: Any, copied: Optional["torch.cuda.Event"]) -> memoryview:
     torch.save(state, buf)
     return buf.getbuffer()
 
-
-def _has_cuda_tensor(obj: Any) -> bool:
-    if torch.is_tensor(obj):
-        return obj.is_cuda
-    if isinstance(obj, dict):
-        return any(_has_cuda_tensor(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return any(_has_cuda_tensor(v) for v in obj)
-    return False
